@@ -1,0 +1,1 @@
+"""CIFAR data: loading, normalisation, augmentation and the batch pipeline."""

@@ -1,0 +1,154 @@
+"""Train a paper's experiment (or a group of them) and write its run record.
+
+    python experiments/run.py resnet_deep
+    python experiments/run.py resnet_deep --quick --data-dir ~/cifar
+    python experiments/run.py --list [--json]
+"""
+
+import argparse
+import difflib
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+USAGE_ERROR = 2
+RUN_ERROR = 1
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Train a CIFAR experiment from one of the five papers.",
+        epilog="Data: keras.datasets by default; --data-dir or $CIFAR_DATA_DIR for a local copy.")
+    parser.add_argument("name", nargs="?", help="experiment or group name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list experiments and groups")
+    parser.add_argument("--json", action="store_true", help="with --list: print JSON")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    parser.add_argument("--val-split", type=int,
+                        help="hold out N training images (seeded) as validation; 0: the test set")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
+    parser.add_argument("--data-dir", help="local CIFAR copy: folder or .tar.gz")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "runs"),
+                        help="where run records go (default: runs/)")
+    parser.add_argument("--run-id", help="run folder name (default: seed<N>[-quick])")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="edit the recipe, e.g. optimizer.learning_rate=0.05 (repeatable)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 epochs on a few hundred images: checks an install in about a minute")
+    return parser.parse_args(argv)
+
+
+def fail(message, code):
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def listing(as_json):
+    from data.cifar import DATASETS
+    from experiments.recipes import EXPERIMENTS, GROUPS
+    from models import build_model, count_params
+
+    import keras
+
+    rows, counted = [], {}
+    for recipe in EXPERIMENTS.values():
+        num_classes = DATASETS[recipe.dataset].num_classes[recipe.label_mode]
+        key = (recipe.model, json.dumps(recipe.model_args, sort_keys=True), num_classes)
+        if key not in counted:
+            counted[key] = count_params(build_model(recipe.model, num_classes, **recipe.model_args))
+            keras.backend.clear_session()
+        trainable, non_trainable = counted[key]
+        rows.append({"name": recipe.name, "paper": recipe.paper, "model": recipe.model,
+                     "model_args": recipe.model_args, "dataset": recipe.dataset,
+                     "trainable_params": trainable, "non_trainable_params": non_trainable,
+                     "paper_accuracy": recipe.paper_accuracy, "paper_source": recipe.paper_source,
+                     "epochs": recipe.epochs, "notes": recipe.notes})
+    if as_json:
+        print(json.dumps(rows, indent=2))  # groups are in the text listing
+        return 0
+    print(f"{'experiment':<22} {'paper':<7} {'model':<20} {'trainable':>11} {'paper acc':>9}")
+    for row in rows:
+        accuracy = f"{row['paper_accuracy']:.2f}%" if row["paper_accuracy"] is not None else "-"
+        print(f"{row['name']:<22} {row['paper']:<7} {row['model']:<20} "
+              f"{row['trainable_params']:>11,} {accuracy:>9}")
+        if row["notes"]:
+            print(f"{'':<22} note: {row['notes']}")
+    print("\ngroups:")
+    for group, members in GROUPS.items():
+        print(f"  {group}: {' -> '.join(members)}")
+    return 0
+
+
+def resolve(args):
+    """The recipes to run, with the command line's edits applied."""
+    from experiments.recipes import EXPERIMENTS, GROUPS
+    from training.recipe import apply_override
+
+    if args.name in GROUPS:
+        names = GROUPS[args.name]
+    elif args.name in EXPERIMENTS:
+        names = [args.name]
+    else:
+        choices = list(EXPERIMENTS) + list(GROUPS)
+        close = difflib.get_close_matches(args.name, choices, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise LookupError(f"unknown experiment or group {args.name!r}.{hint} "
+                          f"'python experiments/run.py --list' shows them all.")
+    edits = list(args.set)
+    if args.epochs is not None:
+        edits.append(f"epochs={args.epochs}")
+    if args.batch_size is not None:
+        edits.append(f"batch_size={args.batch_size}")
+    if args.val_split is not None:
+        edits.append(f"val_split={args.val_split}")
+    recipes = []
+    for name in names:
+        recipe = EXPERIMENTS[name]
+        for edit in edits:
+            recipe = apply_override(recipe, edit)
+        recipes.append(recipe)
+    return recipes
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.list:
+        return listing(args.json)
+    if not args.name:
+        return fail("name an experiment or group (see --list).", USAGE_ERROR)
+
+    from training.engine import RunError, RunOptions, train
+    from training.recipe import RecipeError
+    from data.cifar import DataError
+
+    try:
+        recipes = resolve(args)
+    except (LookupError, RecipeError) as error:
+        return fail(str(error).strip("'\""), USAGE_ERROR)
+    options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
+                         data_dir=args.data_dir, quick=args.quick,
+                         verbose=1 if sys.stdout.isatty() else 2)
+    for index, recipe in enumerate(recipes, 1):
+        if len(recipes) > 1:
+            print(f"== {args.name}: experiment {index} of {len(recipes)}: {recipe.name}", flush=True)
+        try:
+            metrics = train(recipe, options)
+        except (DataError, RecipeError) as error:
+            return fail(str(error), USAGE_ERROR if isinstance(error, RecipeError) else RUN_ERROR)
+        except RunError as error:
+            return fail(str(error), RUN_ERROR)
+        except KeyboardInterrupt:
+            return fail("interrupted; rerun the same command to resume.", 130)
+        best = metrics.get("best_val_accuracy")
+        print(f"{recipe.name}: best validation accuracy "
+              f"{best:.4f} at epoch {metrics.get('best_epoch')}" if best is not None else
+              f"{recipe.name}: finished")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Optimizers with the semantics of the framework each paper trained in.
+
+Papers 000-003 used torch.optim, whose `weight_decay` is *coupled*: wd * w is
+added to the gradient of every trainable weight (BatchNorm and biases included)
+after gradient clipping and before momentum or Adam's moments. Keras's own
+`weight_decay=` is decoupled (AdamW-style) and is neither that nor paper 004's
+per-layer L2 loss, so the torch-style optimizers below add the decay inside
+`update_step`, which Keras calls after clipping.
+
+`TorchSGD` also keeps PyTorch's momentum form (b = m*b + g; w -= lr*b), which
+differs from Keras's (v = m*v - lr*g) for a few steps after every learning-rate
+change, and holds momentum in a variable so that one-cycle can cycle it.
+Paper 004 was Keras, so its recipes use the plain Keras optimizers.
+"""
+
+import keras
+from keras import ops
+
+
+def _with_decay(gradient, variable, decay):
+    gradient = ops.cast(gradient, variable.dtype)
+    if not decay:
+        return gradient
+    return ops.add(gradient, ops.multiply(variable, ops.cast(decay, variable.dtype)))
+
+
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class TorchSGD(keras.optimizers.Optimizer):
+    """torch.optim.SGD(lr, momentum, weight_decay, nesterov), dampening 0."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False,
+                 coupled_weight_decay=0.0, name="torch_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if momentum < 0 or coupled_weight_decay < 0:
+            raise ValueError(
+                f"momentum and coupled_weight_decay must be >= 0; got {momentum}, "
+                f"{coupled_weight_decay}."
+            )
+        self.initial_momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.coupled_weight_decay = float(coupled_weight_decay)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentum = self.add_variable(
+            shape=(), initializer=keras.initializers.Constant(self.initial_momentum),
+            name="momentum",
+        )
+        self.buffers = self.add_optimizer_variables(variables, "momentum_buffer")
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
+        momentum = ops.cast(self.momentum, variable.dtype)
+        buffer = self.buffers[self._get_variable_index(variable)]
+        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
+        step = ops.add(gradient, ops.multiply(buffer, momentum)) if self.nesterov else buffer
+        self.assign_sub(variable, ops.multiply(step, learning_rate))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.initial_momentum, nesterov=self.nesterov,
+                      coupled_weight_decay=self.coupled_weight_decay)
+        return config
+
+
+class _CoupledDecay:
+    """Adds torch-style coupled weight decay to a Keras optimizer's update."""
+
+    def __init__(self, *args, coupled_weight_decay=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.coupled_weight_decay = float(coupled_weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(coupled_weight_decay=self.coupled_weight_decay)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class TorchAdam(_CoupledDecay, keras.optimizers.Adam):
+    """torch.optim.Adam(weight_decay=wd): Adam with coupled L2, not AdamW."""
+
+
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class TorchAdagrad(_CoupledDecay, keras.optimizers.Adagrad):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class TorchRMSprop(_CoupledDecay, keras.optimizers.RMSprop):
+    pass
+
+
+OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
+STYLES = ("torch", "keras")
+
+
+def build_optimizer(name, *, learning_rate, style="torch", momentum=0.0, nesterov=False,
+                    weight_decay=0.0, clipvalue=None):
+    """name: sgd | adam | adagrad | rmsprop. style "torch" uses PyTorch's update
+    rules and defaults (coupled `weight_decay`); "keras" the Keras optimizers as
+    paper 004 used them (regularisation lives in the layers, so no decay here).
+    `learning_rate` may be a float or a keras LearningRateSchedule."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
+    if style not in STYLES:
+        raise ValueError(f"Unknown optimizer style {style!r}; expected one of {STYLES}.")
+    common = dict(learning_rate=learning_rate, clipvalue=clipvalue)
+    if style == "keras":
+        if weight_decay:
+            raise ValueError(
+                "Keras-style recipes regularise through per-layer L2; set "
+                "optimizer.weight_decay to 0 or use optimizer.style=torch."
+            )
+        if name == "sgd":
+            return keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
+        return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
+                "rmsprop": keras.optimizers.RMSprop}[name](**common)
+    if name == "sgd":
+        return TorchSGD(momentum=momentum, nesterov=nesterov,
+                        coupled_weight_decay=weight_decay, **common)
+    # PyTorch's defaults where they differ from Keras's.
+    if name == "adam":
+        return TorchAdam(epsilon=1e-8, coupled_weight_decay=weight_decay, **common)
+    if name == "adagrad":
+        return TorchAdagrad(initial_accumulator_value=0.0, epsilon=1e-10,
+                            coupled_weight_decay=weight_decay, **common)
+    return TorchRMSprop(rho=0.99, epsilon=1e-8, momentum=momentum,
+                        coupled_weight_decay=weight_decay, **common)

@@ -1,0 +1,187 @@
+"""A recipe is plain data: everything a run needs, each value with its unit.
+
+`--set key=value` edits it by dotted path (e.g. `optimizer.learning_rate=0.05`,
+`schedule.t_max=100`); every edit is checked before anything runs.
+"""
+
+import copy
+import dataclasses
+import difflib
+import json
+
+from data.augment import OPS as AUGMENT_OPS
+from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS
+from training import schedules
+from training.optimizers import OPTIMIZERS, STYLES
+
+
+class RecipeError(ValueError):
+    """A recipe or a --set edit that cannot run."""
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    paper: str  # "000".."004", "he2015" or "suite"
+    model: str  # a name in models.MODELS
+    epochs: int  # full passes over the training set
+    batch_size: int  # training images per optimizer step
+    optimizer: dict  # name, learning_rate, momentum, nesterov, weight_decay (coupled), style, clipvalue
+    schedule: dict  # see training.schedules
+    normalization: dict  # kind, stats, stage, scale_bug: see data.normalize
+    augment: list = dataclasses.field(default_factory=list)  # ops of data.augment
+    model_args: dict = dataclasses.field(default_factory=dict)
+    dataset: str = "cifar10"  # cifar10 | cifar100
+    label_mode: str = "fine"  # CIFAR-100: fine (100 classes) | coarse (20)
+    label_smoothing: float = 0.0
+    val_split: int = 0  # training images held out as validation; 0: the test set validates
+    train_images: int = 0  # train on only the first N (after the split); 0: all
+    eval_batch_size: int = 500  # images per evaluation step (does not change results)
+    monitor: str = "val_accuracy"  # what best.keras keeps the best of
+    early_stopping: dict = None  # {"monitor", "patience", "min_delta"}; None: off
+    paper_accuracy: float = None  # percent, as reported
+    paper_source: str = ""  # where paper_accuracy comes from
+    notes: str = ""  # choices made where the paper is ambiguous
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, value):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise RecipeError(f"Unknown recipe field(s) {unknown}; expected {sorted(names)}.")
+        return cls(**copy.deepcopy(value))
+
+
+# Keys --set may add to a nested dict even when the recipe does not list them yet.
+OPTIONAL_KEYS = {
+    "optimizer": {"name", "learning_rate", "momentum", "nesterov", "weight_decay", "style",
+                  "clipvalue"},
+    "schedule": {"kind", "boundaries", "values", "factor", "gamma", "t_max", "eta_min",
+                 "periodic", "max_lr", "total", "pct_start", "div_factor", "final_div_factor",
+                 "base_momentum", "max_momentum", "monitor", "patience", "threshold",
+                 "cooldown", "min_lr"},
+    "normalization": {"kind", "stats", "stage", "scale_bug"},
+    "early_stopping": {"monitor", "patience", "min_delta", "mode"},
+}
+
+
+def _parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _type_name(value):
+    return type(value).__name__
+
+
+def apply_override(recipe, assignment):
+    """Applies one `key=value`; returns a new recipe."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set expects key=value; got {assignment!r}.")
+    key, text = assignment.split("=", 1)
+    path = key.strip().split(".")
+    value = _parse_value(text.strip())
+    data = recipe.to_dict()
+    top_fields = list(data)
+    if path[0] not in data:
+        close = difflib.get_close_matches(path[0], top_fields, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise RecipeError(f"--set: unknown key {key!r}.{hint} Keys: {', '.join(top_fields)}.")
+    target = data
+    for depth, part in enumerate(path[:-1]):
+        if target.get(part) is None and part in OPTIONAL_KEYS:
+            target[part] = {}
+        if not isinstance(target.get(part), dict):
+            raise RecipeError(f"--set: {'.'.join(path[:depth + 1])!r} is not a group of keys.")
+        target = target[part]
+    leaf = path[-1]
+    allowed = set(target) | OPTIONAL_KEYS.get(path[-2] if len(path) > 1 else "", set())
+    if len(path) > 1 and path[0] != "model_args" and leaf not in allowed:
+        raise RecipeError(
+            f"--set: unknown key {key!r}; {'.'.join(path[:-1])} takes {', '.join(sorted(allowed))}."
+        )
+    old = target.get(leaf)
+    if old is not None and value is not None:
+        numeric = (int, float)
+        if isinstance(old, bool) != isinstance(value, bool) or (
+            not isinstance(old, bool) and isinstance(old, numeric) and not isinstance(value, numeric)
+        ) or (isinstance(old, str) and not isinstance(value, str)) or (
+            isinstance(old, (list, dict)) and not isinstance(value, type(old))
+        ):
+            raise RecipeError(
+                f"--set {key}: expected a {_type_name(old)} like {json.dumps(old)}, got {text!r}."
+            )
+        if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float):
+            if not value.is_integer():
+                raise RecipeError(f"--set {key}: expected a whole number, got {text!r}.")
+            value = int(value)
+    target[leaf] = value
+    updated = Recipe.from_dict(data)
+    validate(updated)
+    return updated
+
+
+def validate(recipe):
+    """Raises RecipeError naming the first field that cannot run."""
+    from models import MODELS
+
+    def need(condition, message):
+        if not condition:
+            raise RecipeError(message)
+
+    need(recipe.model in MODELS, f"model: unknown network {recipe.model!r}; expected one of {sorted(MODELS)}.")
+    need(isinstance(recipe.epochs, int) and recipe.epochs >= 1,
+         f"epochs must be a whole number >= 1; got {recipe.epochs!r}.")
+    need(isinstance(recipe.batch_size, int) and recipe.batch_size >= 1,
+         f"batch_size must be a whole number >= 1; got {recipe.batch_size!r}.")
+    need(isinstance(recipe.val_split, int) and recipe.val_split >= 0,
+         f"val_split must be a whole number >= 0; got {recipe.val_split!r}.")
+    need(isinstance(recipe.train_images, int) and recipe.train_images >= 0,
+         f"train_images must be a whole number >= 0; got {recipe.train_images!r}.")
+    need(recipe.dataset in ("cifar10", "cifar100"),
+         f"dataset must be cifar10 or cifar100; got {recipe.dataset!r}.")
+    need(0.0 <= recipe.label_smoothing < 1.0,
+         f"label_smoothing must lie in [0, 1); got {recipe.label_smoothing!r}.")
+    optimizer = recipe.optimizer
+    need(optimizer.get("name") in OPTIMIZERS,
+         f"optimizer.name must be one of {OPTIMIZERS}; got {optimizer.get('name')!r}.")
+    need(optimizer.get("style", "torch") in STYLES,
+         f"optimizer.style must be one of {STYLES}; got {optimizer.get('style')!r}.")
+    lr = optimizer.get("learning_rate")
+    need(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
+         f"optimizer.learning_rate must be a number > 0; got {lr!r}.")
+    for key in ("momentum", "weight_decay"):
+        value = optimizer.get(key, 0.0)
+        need(isinstance(value, (int, float)) and value >= 0,
+             f"optimizer.{key} must be a number >= 0; got {value!r}.")
+    need(0 <= optimizer.get("momentum", 0.0) < 1,
+         f"optimizer.momentum must lie in [0, 1); got {optimizer.get('momentum')!r}.")
+    clip = optimizer.get("clipvalue")
+    need(clip is None or (isinstance(clip, (int, float)) and clip > 0),
+         f"optimizer.clipvalue must be a number > 0 or null; got {clip!r}.")
+    try:
+        schedules.validate(recipe.schedule, recipe.epochs)
+    except (ValueError, KeyError, TypeError) as error:
+        raise RecipeError(f"schedule: {error}") from None
+    normalization = recipe.normalization
+    need(normalization.get("kind") in NORMALIZATION_KINDS,
+         f"normalization.kind must be one of {NORMALIZATION_KINDS}; got {normalization.get('kind')!r}.")
+    if normalization.get("kind") == "channel":
+        need(normalization.get("stats") in CHANNEL_STATS,
+             f"normalization.stats must be one of {sorted(CHANNEL_STATS)}; got {normalization.get('stats')!r}.")
+    need(isinstance(recipe.augment, list), f"augment must be a list of ops; got {recipe.augment!r}.")
+    for entry in recipe.augment:
+        need(isinstance(entry, dict) and entry.get("op") in AUGMENT_OPS,
+             f"augment: unknown op {entry!r}; expected one of {sorted(AUGMENT_OPS)}.")
+    for entry in recipe.augment:
+        p = entry.get("p")
+        need(p is None or (isinstance(p, (int, float)) and 0 <= p <= 1),
+             f"augment {entry['op']}: p must lie in [0, 1]; got {p!r}.")
+    if recipe.early_stopping is not None:
+        need(isinstance(recipe.early_stopping, dict),
+             f"early_stopping must be null or a dict; got {recipe.early_stopping!r}.")

@@ -1,0 +1,176 @@
+"""Learning-rate schedules with the papers' per-epoch meaning.
+
+A schedule is plain data, e.g. {"kind": "cosine", "t_max": 200}. Epoch-based
+kinds are pure functions of the 0-based epoch (`lr_at`), applied at the start of
+each epoch by Keras's LearningRateScheduler (one-cycle, which also cycles the
+momentum, by `OneCycle`). The iteration-based kind ("step_iterations", He et
+al.'s 32k/48k) becomes a Keras LearningRateSchedule on the optimizer, since
+Keras schedules count optimizer steps. "plateau" is a ReduceLROnPlateau callback
+with PyTorch's relative threshold.
+
+kinds and their fields (lr = the recipe's optimizer learning rate):
+  constant         -
+  step             boundaries: epochs at which the next value starts; factor
+                   (default 0.1) or values
+  kth_step         paper 004's LearningController: lr/10 once epoch-1 > N/2 and
+                   lr/100 once epoch-1 > 3N/4 (N = epochs); i.e. for N=100,
+                   epochs 0-51, 52-76, 77-99
+  exponential      gamma per epoch (torch ExponentialLR)
+  cosine           t_max (epochs), eta_min; periodic past t_max as PyTorch's
+                   closed form is, unless periodic=false
+  onecycle         max_lr, total (epochs, default N), pct_start 0.3, div_factor
+                   25, final_div_factor 1e4, base/max momentum 0.85/0.95
+                   (torch OneCycleLR stepped once per epoch)
+  plateau          monitor, factor, patience, threshold (relative), cooldown,
+                   min_lr
+  step_iterations  boundaries: optimizer steps; factor or values
+"""
+
+import math
+
+import keras
+import numpy as np
+
+KINDS = ("constant", "step", "kth_step", "exponential", "cosine", "onecycle", "plateau",
+         "step_iterations")
+EPOCH_KINDS = ("constant", "step", "kth_step", "exponential", "cosine", "onecycle")
+
+
+def _values(spec, lr):
+    boundaries = list(spec["boundaries"])
+    values = spec.get("values")
+    if values is None:
+        factor = spec.get("factor", 0.1)
+        values = [lr * factor ** i for i in range(len(boundaries) + 1)]
+    if len(values) != len(boundaries) + 1:
+        raise ValueError(
+            f"schedule {spec['kind']!r} needs one more value than boundaries; got "
+            f"{len(values)} values for {len(boundaries)} boundaries."
+        )
+    if boundaries != sorted(boundaries):
+        raise ValueError(f"schedule boundaries must increase; got {boundaries}.")
+    return boundaries, [float(v) for v in values]
+
+
+def kth_step_boundaries(epochs):
+    """First epochs at 0.1x and 0.01x: the smallest e with e - 1 > N/2 (3N/4)."""
+    return [math.floor(epochs / 2) + 2, math.floor(3 * epochs / 4) + 2]
+
+
+def onecycle_at(epoch, spec, epochs):
+    """torch.optim.lr_scheduler.OneCycleLR (cos anneal, two phases) at step `epoch`:
+    returns (lr, momentum)."""
+    total = spec.get("total", epochs)
+    max_lr = spec["max_lr"]
+    initial = max_lr / spec.get("div_factor", 25.0)
+    final = initial / spec.get("final_div_factor", 1e4)
+    low_m, high_m = spec.get("base_momentum", 0.85), spec.get("max_momentum", 0.95)
+    phases = [
+        (float(spec.get("pct_start", 0.3) * total) - 1, initial, max_lr, high_m, low_m),
+        (total - 1, max_lr, final, low_m, high_m),
+    ]
+
+    def anneal(start, end, pct):
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    start_step = 0.0
+    for index, (end_step, lr0, lr1, m0, m1) in enumerate(phases):
+        if epoch <= end_step or index == len(phases) - 1:
+            pct = (epoch - start_step) / (end_step - start_step)
+            return anneal(lr0, lr1, pct), anneal(m0, m1, pct)
+        start_step = end_step
+    raise AssertionError("unreachable")
+
+
+def lr_at(epoch, spec, base_lr, epochs):
+    """The learning rate of 0-based `epoch` under an epoch-based schedule."""
+    kind = spec["kind"]
+    if kind == "constant":
+        return float(base_lr)
+    if kind in ("step", "kth_step"):
+        if kind == "kth_step":
+            spec = {**spec, "boundaries": kth_step_boundaries(epochs)}
+        boundaries, values = _values(spec, base_lr)
+        return values[int(np.searchsorted(boundaries, epoch, side="right"))]
+    if kind == "exponential":
+        return float(base_lr * spec["gamma"] ** epoch)
+    if kind == "cosine":
+        t_max, eta_min = spec["t_max"], spec.get("eta_min", 0.0)
+        t = epoch if spec.get("periodic", True) else min(epoch, t_max)
+        return float(eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t / t_max)) / 2)
+    if kind == "onecycle":
+        return onecycle_at(epoch, spec, epochs)[0]
+    raise ValueError(f"{kind!r} is not an epoch-based schedule; expected one of {EPOCH_KINDS}.")
+
+
+def validate(spec, epochs):
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"Unknown schedule kind {kind!r}; expected one of {KINDS}.")
+    required = {"step": ["boundaries"], "exponential": ["gamma"], "cosine": ["t_max"],
+                "onecycle": ["max_lr"], "step_iterations": ["boundaries"]}.get(kind, [])
+    missing = [key for key in required if key not in spec]
+    if missing:
+        raise ValueError(f"schedule {kind!r} needs {missing}.")
+    if kind in ("step", "step_iterations"):
+        _values(spec, 1.0)
+
+
+def optimizer_learning_rate(spec, base_lr):
+    """What the optimizer is built with: a float, or a schedule counting steps."""
+    if spec["kind"] != "step_iterations":
+        return float(base_lr)
+    boundaries, values = _values(spec, base_lr)
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+class OneCycle(keras.callbacks.Callback):
+    """Sets the learning rate and (cycle_momentum) the momentum of one-cycle at
+    each epoch start. Keras's LearningRateScheduler sets only the rate."""
+
+    def __init__(self, spec, epochs):
+        super().__init__()
+        self.spec, self.epochs = spec, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr, momentum = onecycle_at(epoch, self.spec, self.epochs)
+        optimizer = self.model.optimizer
+        optimizer.learning_rate = lr
+        if isinstance(getattr(optimizer, "momentum", None), keras.Variable):
+            optimizer.momentum.assign(momentum)
+        elif hasattr(optimizer, "beta_1"):
+            optimizer.beta_1 = momentum  # torch cycles Adam's beta1 the same way
+
+
+class TorchReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """torch's ReduceLROnPlateau on Keras's callback. Two differences matter:
+    torch's default threshold_mode='rel' (an epoch improves on `best` only if it
+    beats it by the relative `threshold`; Keras's `min_delta` is absolute), and
+    torch reduces once the bad epochs *exceed* `patience`, Keras once they reach
+    it, so torch's patience p is Keras's p + 1."""
+
+    def __init__(self, threshold=1e-4, patience=10, **kwargs):
+        super().__init__(min_delta=0.0, patience=patience + 1, **kwargs)
+        self.threshold = threshold
+
+    def _is_improvement(self, current, best):
+        if best is None:
+            return True
+        if self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor):
+            return current > best * (1 + self.threshold)
+        return current < best * (1 - self.threshold)
+
+
+def schedule_callbacks(spec, base_lr, epochs):
+    kind = spec["kind"]
+    if kind == "onecycle":
+        return [OneCycle(spec, epochs)]
+    if kind == "plateau":
+        return [TorchReduceLROnPlateau(
+            monitor=spec.get("monitor", "val_loss"), factor=spec.get("factor", 0.1),
+            patience=spec.get("patience", 10), threshold=spec.get("threshold", 1e-4),
+            cooldown=spec.get("cooldown", 0), min_lr=spec.get("min_lr", 0.0), verbose=1,
+        )]
+    if kind in ("constant", "step_iterations"):
+        return []
+    return [keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr_at(epoch, spec, base_lr, epochs))]
