@@ -1,6 +1,7 @@
-"""Callbacks the suite adds to Keras's own (ModelCheckpoint, BackupAndRestore,
-CSVLogger, TerminateOnNaN, EarlyStopping, LearningRateScheduler are used as is)."""
+"""Callbacks the suite adds to Keras's own (CSVLogger, TerminateOnNaN, EarlyStopping,
+LearningRateScheduler and ReduceLROnPlateau are used as they are)."""
 
+import json
 import os
 import time
 
@@ -39,3 +40,27 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().on_epoch_end(epoch, logs)
         if os.path.exists(self.temporary_path):
             os.replace(self.temporary_path, self.final_path)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose saves cannot be torn by a kill.
+
+    Keras writes latest.weights.h5 in place, so a SIGKILL during the write leaves
+    a file that fails to load (with a ValueError, which its double_checkpoint
+    fallback does not catch). Here the weights and the metadata are written to
+    temporary files and renamed into place, weights first: a kill between the two
+    renames (a few microseconds) at worst repeats one epoch, whose history row
+    the trainer drops on resume.
+    """
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        partial_weights = self._weights_path.replace(".weights.h5", ".partial.weights.h5")
+        self.model.save_weights(filepath=partial_weights, overwrite=True)
+        partial_metadata = self._training_metadata_path + ".partial"
+        with open(partial_metadata, "w") as stream:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial_weights, self._weights_path)
+        os.replace(partial_metadata, self._training_metadata_path)

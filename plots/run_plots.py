@@ -3,15 +3,7 @@
 import os
 
 from plots.style import COLORS, figure, save
-
-
-def _best(history, monitor):
-    values = [row.get(monitor) for row in history]
-    pairs = [(v, row["epoch"]) for v, row in zip(values, history) if isinstance(v, float)]
-    if not pairs:
-        return None
-    pick = min if "loss" in monitor else max
-    return pick(pairs)
+from training.record import best_epoch
 
 
 def _curves(history, key, title, ylabel, path, monitor):
@@ -21,7 +13,7 @@ def _curves(history, key, title, ylabel, path, monitor):
     if any(f"val_{key}" in row for row in history):
         axes.plot(epochs, [row.get(f"val_{key}") for row in history], color=COLORS["validation"],
                   label="validation")
-    best = _best(history, monitor)
+    best = best_epoch(history, monitor)
     if best is not None:
         axes.axvline(best[1] + 1, color=COLORS["best"], linestyle="--",
                      label=f"best {monitor} (epoch {best[1] + 1})")

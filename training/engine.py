@@ -23,7 +23,7 @@ import time
 import keras
 import numpy as np
 
-from callbacks import AtomicModelCheckpoint, EpochLog
+from callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
 from data.normalize import Normalizer
@@ -139,10 +139,7 @@ def _check_existing(run_dir, config):
 
 def _summary(history, recipe, params, train_images, val_is_test, test_scores):
     monitor = recipe.monitor
-    values = [row.get(monitor) for row in history]
-    finite = [(v, row["epoch"]) for v, row in zip(values, history) if isinstance(v, float) and np.isfinite(v)]
-    pick = min if "loss" in monitor else max
-    best_value, best_epoch = pick(finite) if finite else (None, None)
+    best_value, best_epoch = record.best_epoch(history, monitor) or (None, None)
     best_row = next((row for row in history if row["epoch"] == best_epoch), {})
     last = history[-1] if history else {}
     seconds = sum(row.get("seconds", 0.0) for row in history)
@@ -258,7 +255,7 @@ def train(recipe, options):
         callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
     callback_list += [
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+        AtomicBackupAndRestore(backup_dir),
     ]
 
     record.write_status(run_dir, "running")

@@ -68,6 +68,19 @@ def read_history(path):
     return history
 
 
+def best_epoch(history, monitor):
+    """(value, epoch) of the best finite `monitor` value; ties go to the earliest
+    epoch, as ModelCheckpoint saves only on strict improvement. None if none."""
+    import math
+
+    pairs = [(row[monitor], row["epoch"]) for row in history
+             if isinstance(row.get(monitor), float) and math.isfinite(row[monitor])]
+    if not pairs:
+        return None
+    sign = 1 if "loss" in monitor else -1
+    return min(pairs, key=lambda pair: (sign * pair[0], pair[1]))
+
+
 def truncate_history(path, epochs_done):
     """Keeps the rows of epochs < epochs_done, so a resumed run logs each epoch once."""
     if not os.path.exists(path):

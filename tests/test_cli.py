@@ -1,0 +1,192 @@
+"""experiments/run.py end to end, in subprocesses, on tiny synthetic CIFAR files."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "experiments", "run.py")
+RECORD_FILES = {"config.json", "status.json", "history.csv", "metrics.json", "best.keras",
+                "accuracy.png", "loss.png", "lr.png"}
+
+
+def run(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def epochs_in(path):
+    with open(path, newline="") as stream:
+        return [int(row["epoch"]) for row in csv.DictReader(stream)]
+
+
+def test_list_json_counts_come_from_the_built_models():
+    result = run("--list", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    deep = rows["resnet_deep"]
+    assert (deep["paper"], deep["model"]) == ("004", "kth_resnet_b")
+    assert (deep["trainable_params"], deep["non_trainable_params"]) == (4_332_304, 7_686)
+    assert deep["paper_accuracy"] == 93.78
+    assert rows["resnet_cifar100"]["trainable_params"] == 4_355_434
+    assert rows["mobilenetv2"]["trainable_params"] == 2_598_074
+    text = run("--list")
+    assert "cnn_progression: cnn_baseline -> cnn_vgg3" in text.stdout
+
+
+def test_unknown_experiment_suggests_close_names():
+    result = run("resnet_dep")
+    assert result.returncode == 2
+    assert "unknown experiment or group 'resnet_dep'" in result.stderr
+    assert "resnet_deep" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("optimizer.lerning_rate=0.1", "unknown key 'optimizer.lerning_rate'"),
+    ("epochz=3", "Did you mean epochs"),
+    ("epochs=-1", "epochs must be a whole number >= 1"),
+    ("batch_size=0", "batch_size must be a whole number >= 1"),
+    ("epochs=abc", "expected a int"),
+    ("optimizer.name=lion", "optimizer.name must be one of"),
+    ("optimizer.learning_rate=0", "learning_rate must be a number > 0"),
+])
+def test_bad_set_edits_name_the_key_and_the_allowed_values(edit, message):
+    result = run("resnet_deep", "--set", edit)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_data_gives_one_clear_message(tmp_path):
+    result = run("cnn_baseline", "--quick", "--data-dir", str(tmp_path / "missing"),
+                 "--output-dir", str(tmp_path / "runs"))
+    assert result.returncode == 1
+    assert "cifar-10-python.tar.gz" in result.stderr and "--data-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_quick_run_writes_the_whole_run_record(shared_cifar10, tmp_path):
+    out = str(tmp_path / "runs")
+    result = run("resnet_deep", "--quick", "--data-dir", shared_cifar10, "--output-dir", out,
+                 "--set", "train_images=64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = os.path.join(out, "resnet_deep", "seed0-quick")
+    assert RECORD_FILES <= set(os.listdir(run_dir))
+    assert not os.path.exists(os.path.join(run_dir, "backup"))  # removed once finished
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["recipe"]["model_args"] == {"stages": [3, 3, 3], "widths": [64, 128, 256]}
+    assert config["backend"] == "tensorflow" and config["seed"] == 0 and config["quick"]
+    assert config["validation"] == "test set" and "keras" in config["versions"]
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert (metrics["trainable_params"], metrics["non_trainable_params"]) == (4_332_304, 7_686)
+    assert metrics["validation_is_test"] and metrics["quick"] and metrics["epochs_run"] == 2
+    assert metrics["full_recipe_epochs"] == 100
+    with open(os.path.join(run_dir, "history.csv"), newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(rows[0])
+    assert float(rows[0]["lr"]) == pytest.approx(0.1)
+    assert json.load(open(os.path.join(run_dir, "status.json")))["status"] == "completed"
+    again = run("resnet_deep", "--quick", "--data-dir", shared_cifar10, "--output-dir", out,
+                "--set", "train_images=64")
+    assert again.returncode == 0 and "already completed" in again.stdout
+
+
+def test_held_out_validation_reports_test_accuracy_separately(shared_cifar10, tmp_path):
+    out = str(tmp_path / "runs")
+    result = run("cnn_baseline", "--quick", "--val-split", "50", "--data-dir", shared_cifar10,
+                 "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = os.path.join(out, "cnn_baseline", "seed0-quick")
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert not metrics["validation_is_test"]
+    assert 0 <= metrics["best_test_accuracy"] <= 1 and 0 <= metrics["final_test_accuracy"] <= 1
+    assert "50 held-out" in json.load(open(os.path.join(run_dir, "config.json")))["validation"]
+
+
+COMMAND = ["cnn_baseline", "--epochs", "40", "--set", "train_images=64", "--batch-size", "32"]
+
+
+def start(shared_cifar10, out):
+    return subprocess.Popen([sys.executable, RUN, *COMMAND, "--data-dir", shared_cifar10,
+                             "--output-dir", out], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epochs(history, count, process, limit=300):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if os.path.exists(history) and len(epochs_in(history)) >= count:
+            return
+        if process.poll() is not None:
+            pytest.fail("the run ended before it could be interrupted:\n" + process.stdout.read())
+        time.sleep(0.02)
+    pytest.fail("no epochs were logged in time")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_with_each_epoch_once(shared_cifar10, tmp_path, how):
+    out = str(tmp_path / "runs")
+    run_dir = os.path.join(out, "cnn_baseline", "seed0")
+    history = os.path.join(run_dir, "history.csv")
+    process = start(shared_cifar10, out)
+    wait_for_epochs(history, 3, process)
+    process.send_signal(how)
+    process.wait(timeout=120)
+    status = json.load(open(os.path.join(run_dir, "status.json")))["status"]
+    if how == signal.SIGINT:
+        assert process.returncode == 130 and status == "interrupted"
+    else:
+        assert status == "running"  # a killed process cannot say more
+    done_before = len(epochs_in(history))
+    assert done_before < 40
+    result = run(*COMMAND, "--data-dir", shared_cifar10, "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout
+    assert epochs_in(history) == list(range(40))
+    assert json.load(open(os.path.join(run_dir, "status.json")))["status"] == "completed"
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    with open(history, newline="") as stream:
+        accuracies = [float(r["val_accuracy"]) for r in csv.DictReader(stream)]
+    assert metrics["best_val_accuracy"] == pytest.approx(max(accuracies))
+    assert metrics["best_epoch"] == accuracies.index(max(accuracies))
+
+
+def test_changed_recipe_under_an_existing_run_is_refused(shared_cifar10, tmp_path):
+    out = str(tmp_path / "runs")
+    first = run("cnn_baseline", "--quick", "--data-dir", shared_cifar10, "--output-dir", out)
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics = os.path.join(out, "cnn_baseline", "seed0-quick", "metrics.json")
+    before = open(metrics).read()
+    changed = run("cnn_baseline", "--quick", "--set", "optimizer.learning_rate=0.5",
+                  "--data-dir", shared_cifar10, "--output-dir", out)
+    assert changed.returncode == 1
+    assert "different recipe" in changed.stderr and "--run-id" in changed.stderr
+    assert open(metrics).read() == before
+
+
+JAX_RUN = """
+import runpy, sys
+sys.modules["tensorflow"] = None  # as on the GPU machines: importing it must fail
+sys.argv = [{run!r}] + {args!r}
+runpy.run_path({run!r}, run_name="__main__")
+"""
+
+
+def test_quick_run_under_jax_without_tensorflow(shared_cifar10, tmp_path):
+    pytest.importorskip("jax")
+    out = str(tmp_path / "runs")
+    args = ["resnet_deep", "--quick", "--data-dir", shared_cifar10, "--output-dir", out,
+            "--set", "train_images=64"]
+    result = subprocess.run([sys.executable, "-c", JAX_RUN.format(run=RUN, args=args)],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = os.path.join(out, "resnet_deep", "seed0-quick")
+    assert RECORD_FILES <= set(os.listdir(run_dir))
+    assert json.load(open(os.path.join(run_dir, "config.json")))["backend"] == "jax"
