@@ -252,8 +252,8 @@ def _load_keras(dataset, label_mode):
     except Exception as error:  # no network shows up as several exception types
         raise DataError(
             f"{spec.name} is not cached and could not be downloaded "
-            f"({type(error).__name__}: {str(error)[:200]}). Put a local copy on "
-            f"this machine and pass --data-dir. " + _how_to_fix(spec)
+            f"({type(error).__name__}: {str(error)[:200]}). "
+            + _how_to_fix(spec)
         ) from None
     return CifarData(
         x_train, y_train.reshape(-1).astype(np.int64),

@@ -11,6 +11,9 @@ import json
 import os
 import sys
 
+# TensorFlow's C++ start-up messages (CUDA probing, CPU features) are noise here.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -170,7 +170,7 @@ def test_changed_recipe_under_an_existing_run_is_refused(shared_cifar10, tmp_pat
     assert open(metrics).read() == before
 
 
-JAX_RUN = """
+BLOCKED_TF_RUN = """
 import runpy, sys
 sys.modules["tensorflow"] = None  # as on the GPU machines: importing it must fail
 sys.argv = [{run!r}] + {args!r}
@@ -178,15 +178,16 @@ runpy.run_path({run!r}, run_name="__main__")
 """
 
 
-def test_quick_run_under_jax_without_tensorflow(shared_cifar10, tmp_path):
-    pytest.importorskip("jax")
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_quick_run_on_other_backends_without_tensorflow(shared_cifar10, tmp_path, backend):
+    pytest.importorskip(backend)
     out = str(tmp_path / "runs")
     args = ["resnet_deep", "--quick", "--data-dir", shared_cifar10, "--output-dir", out,
             "--set", "train_images=64"]
-    result = subprocess.run([sys.executable, "-c", JAX_RUN.format(run=RUN, args=args)],
+    result = subprocess.run([sys.executable, "-c", BLOCKED_TF_RUN.format(run=RUN, args=args)],
                             capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "KERAS_BACKEND": "jax"})
+                            env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = os.path.join(out, "resnet_deep", "seed0-quick")
     assert RECORD_FILES <= set(os.listdir(run_dir))
-    assert json.load(open(os.path.join(run_dir, "config.json")))["backend"] == "jax"
+    assert json.load(open(os.path.join(run_dir, "config.json")))["backend"] == backend
