@@ -68,12 +68,16 @@ def test_cifar100_copy_given_for_cifar10(tmp_path):
         load_cifar("cifar10", str(tmp_path))
 
 
-def test_corrupt_batch_is_named(cifar10_dir):
-    path = os.path.join(cifar10_dir, "cifar-10-batches-py", "data_batch_3")
+def keep_first(path, fraction):
+    """Truncates a file, as an interrupted download or copy would."""
     with open(path, "rb") as stream:
         raw = stream.read()
     with open(path, "wb") as stream:
-        stream.write(raw[: len(raw) // 2])
+        stream.write(raw[: int(len(raw) * fraction)])
+
+
+def test_corrupt_batch_is_named(cifar10_dir):
+    keep_first(os.path.join(cifar10_dir, "cifar-10-batches-py", "data_batch_3"), 0.5)
     with pytest.raises(DataError, match="data_batch_3.*corrupt or truncated"):
         load_cifar("cifar10", cifar10_dir)
 
@@ -86,10 +90,7 @@ def test_missing_batch_is_named(cifar10_dir):
 
 def test_truncated_archive(cifar10_dir, tmp_path):
     tar = make_tar(os.path.join(cifar10_dir, "cifar-10-batches-py"), str(tmp_path / "c.tar.gz"))
-    with open(tar, "rb") as stream:
-        raw = stream.read()
-    with open(tar, "wb") as stream:
-        stream.write(raw[: len(raw) // 3])
+    keep_first(tar, 0.33)
     with pytest.raises(DataError, match="c.tar.gz"):
         load_cifar("cifar10", tar)
 
