@@ -97,20 +97,23 @@ def _prepare_data(recipe, options):
     return data, (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
+def _evaluation_batches(recipe, normalizer, images, labels, num_classes):
+    """Un-augmented batches, normalised as the recipe's stage says."""
+    if normalizer.stage == "before":
+        return CifarBatches(normalizer(images), labels, num_classes, recipe.eval_batch_size)
+    return CifarBatches(images, labels, num_classes, recipe.eval_batch_size, normalize=normalizer)
+
+
 def _batches(recipe, options, normalizer, train, val, num_classes):
     """Training and validation PyDatasets; 'before' normalisation is done once here."""
     x_train, y_train = train
-    x_val, y_val = val
-    per_batch = normalizer
-    if normalizer.stage == "before":
-        x_train, x_val, per_batch = normalizer(x_train), normalizer(x_val), None
+    before = normalizer.stage == "before"
     train_batches = CifarBatches(
-        x_train, y_train, num_classes, recipe.batch_size, augment=Augmenter(recipe.augment),
-        normalize=per_batch, shuffle=True, seed=options.seed,
+        normalizer(x_train) if before else x_train, y_train, num_classes, recipe.batch_size,
+        augment=Augmenter(recipe.augment), normalize=None if before else normalizer,
+        shuffle=True, seed=options.seed,
     )
-    val_batches = CifarBatches(x_val, y_val, num_classes, recipe.eval_batch_size,
-                               normalize=per_batch)
-    return train_batches, val_batches
+    return train_batches, _evaluation_batches(recipe, normalizer, *val, num_classes)
 
 
 def _check_existing(run_dir, config):
@@ -279,10 +282,7 @@ def train(recipe, options):
 
     test_scores = {}
     if not val_is_test:
-        x_test, y_test = test_split
-        test_batches = CifarBatches(x_test if normalizer.stage == "after" else normalizer(x_test),
-                                    y_test, data.num_classes, recipe.eval_batch_size,
-                                    normalize=normalizer if normalizer.stage == "after" else None)
+        test_batches = _evaluation_batches(recipe, normalizer, *test_split, data.num_classes)
         test_scores["final_test_accuracy"] = float(model.evaluate(test_batches, verbose=0)[1])
         best_path = os.path.join(run_dir, "best.keras")
         if os.path.exists(best_path):

@@ -178,7 +178,6 @@ def validate(recipe):
     for entry in recipe.augment:
         need(isinstance(entry, dict) and entry.get("op") in AUGMENT_OPS,
              f"augment: unknown op {entry!r}; expected one of {sorted(AUGMENT_OPS)}.")
-    for entry in recipe.augment:
         p = entry.get("p")
         need(p is None or (isinstance(p, (int, float)) and 0 <= p <= 1),
              f"augment {entry['op']}: p must lie in [0, 1]; got {p!r}.")
