@@ -88,11 +88,10 @@ def _prepare_data(recipe, options):
         x_val, y_val = data.x_test, data.y_test
     if recipe.train_images:
         x_train, y_train = x_train[:recipe.train_images], y_train[:recipe.train_images]
+    x_test, y_test = data.x_test, data.y_test
     if options.quick:
         x_train, y_train = x_train[:QUICK_TRAIN_IMAGES], y_train[:QUICK_TRAIN_IMAGES]
         x_val, y_val = x_val[:QUICK_VAL_IMAGES], y_val[:QUICK_VAL_IMAGES]
-    x_test, y_test = data.x_test, data.y_test
-    if options.quick:
         x_test, y_test = x_test[:QUICK_VAL_IMAGES], y_test[:QUICK_VAL_IMAGES]
     return data, (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
@@ -242,9 +241,9 @@ def train(recipe, options):
     history = record.truncate_history(history_path, done)
     if done:
         print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
-    best_so_far = [row[recipe.monitor] for row in history if isinstance(row.get(recipe.monitor), float)]
     mode = "min" if "loss" in recipe.monitor else "max"
-    threshold = (min if mode == "min" else max)(best_so_far) if best_so_far else None
+    best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
+    threshold = best_so_far[0] if best_so_far else None
 
     callback_list = [EpochSync(train_batches)]
     callback_list += schedules.schedule_callbacks(recipe.schedule, base_lr, recipe.epochs)

@@ -1,7 +1,9 @@
 """The run record: atomic writes, status, config and history files of a run directory."""
 
 import csv
+import io
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -71,8 +73,6 @@ def read_history(path):
 def best_epoch(history, monitor):
     """(value, epoch) of the best finite `monitor` value; ties go to the earliest
     epoch, as ModelCheckpoint saves only on strict improvement. None if none."""
-    import math
-
     pairs = [(row[monitor], row["epoch"]) for row in history
              if isinstance(row.get(monitor), float) and math.isfinite(row[monitor])]
     if not pairs:
@@ -86,13 +86,13 @@ def truncate_history(path, epochs_done):
     if not os.path.exists(path):
         return []
     with open(path, newline="") as stream:
-        reader = csv.reader(stream)
-        rows = list(reader)
+        rows = list(csv.reader(stream))
     if not rows:
         return []
-    header, body = rows[0], [r for r in rows[1:] if r and int(float(r[0])) < epochs_done]
-    lines = [",".join(header)] + [",".join(r) for r in body]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(float(row[0])) < epochs_done]
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)  # the excel dialect, as CSVLogger writes it
+    atomic_write_text(path, text.getvalue())
     return read_history(path)
 
 
