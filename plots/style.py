@@ -1,5 +1,7 @@
 """One look for every figure of the suite: run plots, reports and searches."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
@@ -20,8 +22,6 @@ def figure(title, xlabel, ylabel, size=(6.4, 4.2)):
 
 def save(fig, path):
     """Saves atomically (temporary file, then rename) and closes the figure."""
-    import os
-
     root, extension = os.path.splitext(path)
     temporary = f"{root}.partial{extension}"
     fig.savefig(temporary, dpi=120)
