@@ -8,9 +8,20 @@ layers inside the model turn XLA off on TensorFlow, so the suite augments in the
 input pipeline instead. A recipe lists its ops as plain data:
 
     [{"op": "crop", "padding": 4}, {"op": "hflip", "p": 0.5}]
+
+Ops on uint8 images follow Pillow, as torchvision does for PIL images (papers
+001 and 002 augment before ToTensor). Paper 003 augments after ToTensor, on
+float tensors: its list starts with {"op": "float"}, after which grayscale and
+autocontrast follow torchvision's tensor formulas (on the 0-255 scale; the
+normaliser divides by 255 afterwards).
 """
 
+import inspect
+
 import numpy as np
+
+from data import image_ops
+from data.autoaugment import apply_policy
 
 
 def _gather(x, rows, cols):
@@ -32,6 +43,25 @@ def random_crop(x, rng, padding=4, fill=0):
     rows = top[:, None] + np.arange(height)[None, :]
     cols = left[:, None] + np.arange(width)[None, :]
     return _gather(padded, rows, cols)
+
+
+def to_float(x, rng):
+    """ToTensor's position in a torchvision chain: later ops see float32 images
+    (kept on the 0-255 scale; the normaliser divides by 255)."""
+    return x.astype(np.float32)
+
+
+def _chosen(x, rng, p):
+    """The images an op with probability p applies to (torch.rand(1) < p per image)."""
+    return np.flatnonzero(rng.random(len(x)) < p)
+
+
+def _apply_to(x, picked, op, *args):
+    if len(picked) == 0:
+        return x
+    out = x.copy()
+    out[picked] = op(x[picked], *args)
+    return out
 
 
 def horizontal_flip(x, rng, p=0.5):
@@ -93,13 +123,90 @@ def cutout(x, rng, size=16, low=-8, high=16):
     return np.where(mask, mean.astype(x.dtype), x)
 
 
+def random_rotation(x, rng, degrees=20.0):
+    """torchvision RandomRotation(degrees) on PIL images: an angle uniform in
+    [-degrees, degrees] per image, about the centre, nearest, black fill."""
+    angle = rng.uniform(-degrees, degrees, size=len(x))
+    return image_ops.affine_nearest(x, image_ops.rotation_matrices(angle, *x.shape[1:3]))
+
+
+def random_translate(x, rng, fraction=0.1):
+    """torchvision RandomAffine(degrees=0, translate=(f, f)): a whole-pixel shift
+    round(U(-f * size, f * size)) per axis (Python's round, half to even), black fill."""
+    height, width = x.shape[1:3]
+    dx = np.rint(rng.uniform(-fraction * width, fraction * width, size=len(x)))
+    dy = np.rint(rng.uniform(-fraction * height, fraction * height, size=len(x)))
+    return image_ops.affine_nearest(x, image_ops.translation_matrices(dx, dy))
+
+
+def color_jitter(x, rng, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
+    """torchvision ColorJitter on PIL images: factors drawn per image from
+    [max(0, 1 - v), 1 + v] (hue from [-hue, hue]), the four adjustments applied
+    in a random order per image."""
+    adjustments = []
+    count = len(x)
+    for strength, adjust in (
+        (brightness, image_ops.brightness), (contrast, image_ops.contrast),
+        (saturation, image_ops.color),
+    ):
+        factor = rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength, size=count)
+        adjustments.append((strength > 0, adjust, factor))
+    adjustments.append((hue > 0, image_ops.adjust_hue, rng.uniform(-hue, hue, size=count)))
+    order = np.argsort(rng.random((count, 4)), axis=1)
+    out = x.copy()
+    for position in range(4):
+        for slot, (enabled, adjust, factor) in enumerate(adjustments):
+            picked = np.flatnonzero(order[:, position] == slot)
+            if enabled and len(picked):
+                out[picked] = adjust(out[picked], factor[picked])
+    return out
+
+
+def _float_grayscale(x):
+    """torchvision's tensor rgb_to_grayscale, 3 output channels."""
+    grey = x[..., 0] * np.float32(0.2989) + x[..., 1] * np.float32(0.587) + x[..., 2] * np.float32(0.114)
+    return np.repeat(grey[..., None].astype(x.dtype), 3, axis=-1)
+
+
+def _float_autocontrast(x, bound=255.0):
+    """torchvision's tensor autocontrast: per image and channel, min -> 0, max -> bound."""
+    low = x.min(axis=(1, 2), keepdims=True)
+    high = x.max(axis=(1, 2), keepdims=True)
+    flat = high <= low
+    scale = np.where(flat, 1.0, bound / np.where(flat, 1.0, high - low))
+    low = np.where(flat, 0.0, low)
+    return np.clip((x - low) * scale, 0.0, bound).astype(x.dtype)
+
+
+def random_grayscale(x, rng, p=0.1):
+    """torchvision RandomGrayscale(p): Pillow's L conversion on uint8, the tensor
+    formula on float images."""
+    op = image_ops.grayscale if x.dtype == np.uint8 else _float_grayscale
+    return _apply_to(x, _chosen(x, rng, p), op)
+
+
+def random_autocontrast(x, rng, p=0.5):
+    """torchvision RandomAutocontrast(p): ImageOps.autocontrast on uint8, the
+    tensor formula on float images."""
+    op = image_ops.autocontrast if x.dtype == np.uint8 else _float_autocontrast
+    return _apply_to(x, _chosen(x, rng, p), op)
+
+
 OPS = {
+    "float": to_float,
     "crop": random_crop,
     "hflip": horizontal_flip,
     "vflip": vertical_flip,
     "shift": random_shift,
     "cutout": cutout,
+    "rotate": random_rotation,
+    "translate": random_translate,
+    "color_jitter": color_jitter,
+    "grayscale": random_grayscale,
+    "autocontrast": random_autocontrast,
+    "autoaugment": apply_policy,
 }
+UINT8_ONLY = ("rotate", "translate", "color_jitter", "autoaugment")
 
 
 class Augmenter:
@@ -107,13 +214,26 @@ class Augmenter:
 
     def __init__(self, spec):
         self.steps = []
+        is_float = False
         for entry in spec or ():
+            if not isinstance(entry, dict):
+                raise ValueError(f"each augmentation op is a dict like {{'op': 'crop'}}; got {entry!r}.")
             entry = dict(entry)
             name = entry.pop("op", None)
             if name not in OPS:
                 raise ValueError(
                     f"Unknown augmentation op {name!r}; expected one of {sorted(OPS)}."
                 )
+            parameters = list(inspect.signature(OPS[name]).parameters)[2:]
+            unknown = sorted(set(entry) - set(parameters))
+            if unknown:
+                raise ValueError(f"op {name!r} takes {parameters}; got unknown {unknown}.")
+            p = entry.get("p")
+            if p is not None and not (isinstance(p, (int, float)) and 0 <= p <= 1):
+                raise ValueError(f"op {name!r}: p must lie in [0, 1]; got {p!r}.")
+            if is_float and name in UINT8_ONLY:
+                raise ValueError(f"op {name!r} follows Pillow on uint8 images; list it before 'float'.")
+            is_float = is_float or name == "float"
             self.steps.append((OPS[name], entry))
 
     def __bool__(self):

@@ -8,6 +8,7 @@ exactly as an uninterrupted one would: the trainer sets the epoch through
 """
 
 import math
+import time
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 class CifarBatches(keras.utils.PyDataset):
     def __init__(
         self, images, labels, num_classes, batch_size, *, augment=None,
-        normalize=None, shuffle=False, seed=0, **kwargs,
+        normalize=None, mix=None, shuffle=False, seed=0, **kwargs,
     ):
         super().__init__(**kwargs)
         if len(images) != len(labels):
@@ -25,7 +26,8 @@ class CifarBatches(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
         self.images, self.labels = images, labels
         self.num_classes, self.batch_size = num_classes, batch_size
-        self.augment, self.normalize = augment, normalize
+        self.augment, self.normalize, self.mix = augment, normalize, mix
+        self.input_seconds = 0.0  # time spent building batches, reset each epoch
         self.shuffle, self.seed = shuffle, seed
         self.epoch = 0
         self._order_epoch, self._order = None, None
@@ -50,17 +52,23 @@ class CifarBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
+        start = time.perf_counter()
         picked = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
         x = self.images[picked]
         if self.augment:
             x = self.augment(x, np.random.default_rng([self.seed, self.epoch, 1, index]))
         x = self.normalize(x) if self.normalize else x.astype(np.float32)
         y = np.eye(self.num_classes, dtype=np.float32)[self.labels[picked]]
+        if self.mix:
+            x, y = self.mix(x, y, self.seed, self.epoch, index)
+        self.input_seconds += time.perf_counter() - start
         return x, y
 
 
 class EpochSync(keras.callbacks.Callback):
-    """Tells the training batches which epoch is starting (resumed runs included)."""
+    """Tells the training batches which epoch is starting (resumed runs included),
+    and logs per epoch the seconds spent building training batches
+    (`input_seconds`) and, with a per-epoch mixup gate, whether it was open."""
 
     def __init__(self, batches):
         super().__init__()
@@ -68,3 +76,12 @@ class EpochSync(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)
+        self.batches.input_seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["input_seconds"] = self.batches.input_seconds
+        mix = self.batches.mix
+        if mix is not None and mix.gate == "epoch":
+            logs["mixup"] = float(mix.epoch_is_mixed(self.batches.seed, epoch))

@@ -1,0 +1,86 @@
+"""Mixup and CutMix on normalised training batches with one-hot labels.
+
+One lambda ~ Beta(alpha, alpha) per batch; each image is mixed with the image at
+a random permutation of the batch, and so is its label. Paper 003 computed the
+loss as lam * CE(y_a) + (1 - lam) * CE(y_b); cross-entropy is linear in the
+target, so that equals CE against the mixed label lam * y_a + (1 - lam) * y_b,
+which is what the batch carries. Keras's accuracy metric then scores the
+argmax of the mixed label (the dominant partner).
+
+Whether a batch is mixed at all is a gate with probability p, drawn per batch
+or per epoch (paper 003: each epoch is a mixup epoch with p = 0.9). Every draw
+depends only on (seed, epoch, batch), so a resumed run mixes as the original.
+"""
+
+import dataclasses
+
+import numpy as np
+
+KINDS = ("mixup", "cutmix")
+GATES = ("batch", "epoch")
+
+
+@dataclasses.dataclass
+class Mixer:
+    kind: str = "mixup"
+    alpha: float = 1.0  # Beta(alpha, alpha)
+    p: float = 1.0  # probability that the gate opens
+    gate: str = "batch"  # "batch" or "epoch"
+    stop_epoch: int | None = None  # epochs >= this are never mixed (paper 003's clean phase)
+
+    def __post_init__(self):
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}; got {self.kind!r}")
+        if self.gate not in GATES:
+            problems.append(f"gate must be one of {GATES}; got {self.gate!r}")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            problems.append(f"alpha must be a positive number; got {self.alpha!r}")
+        if not (isinstance(self.p, (int, float)) and 0.0 <= self.p <= 1.0):
+            problems.append(f"p must lie in [0, 1]; got {self.p!r}")
+        if self.stop_epoch is not None and not (
+            isinstance(self.stop_epoch, int) and self.stop_epoch >= 0
+        ):
+            problems.append(f"stop_epoch must be a non-negative integer; got {self.stop_epoch!r}")
+        if problems:
+            raise ValueError("mixup: " + "; ".join(problems) + ".")
+
+    def epoch_is_mixed(self, seed, epoch):
+        """For gate 'epoch': whether this epoch mixes (always True for gate 'batch'
+        before stop_epoch, whose batches then draw their own gate)."""
+        if self.stop_epoch is not None and epoch >= self.stop_epoch:
+            return False
+        if self.gate == "batch":
+            return True
+        return bool(np.random.default_rng([seed, epoch, 2]).random() < self.p)
+
+    def __call__(self, x, y, seed, epoch, index):
+        """Mixes batch `index` of `epoch` when the gate opens; returns (x, y)."""
+        if not self.epoch_is_mixed(seed, epoch):
+            return x, y
+        rng = np.random.default_rng([seed, epoch, 3, index])
+        if self.gate == "batch" and not rng.random() < self.p:
+            return x, y
+        lam = rng.beta(self.alpha, self.alpha)
+        partner = rng.permutation(len(x))
+        if self.kind == "mixup":
+            mixed = lam * x + (1.0 - lam) * x[partner]
+        else:
+            mixed, lam = cutmix(x, partner, lam, rng)
+        labels = lam * y + (1.0 - lam) * y[partner]
+        return mixed.astype(x.dtype, copy=False), labels.astype(y.dtype, copy=False)
+
+
+def cutmix(x, partner, lam, rng):
+    """CutMix (Yun et al. 2019): a box of area (1 - lam) of the image, centred
+    uniformly and clipped at the border, is pasted from the partner; lam becomes
+    the share of pixels actually kept."""
+    height, width = x.shape[1:3]
+    cut_h, cut_w = int(height * np.sqrt(1.0 - lam)), int(width * np.sqrt(1.0 - lam))
+    cy, cx = rng.integers(0, height), rng.integers(0, width)
+    top, bottom = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
+    left, right = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
+    mixed = x.copy()
+    mixed[:, top:bottom, left:right] = x[partner, top:bottom, left:right]
+    kept = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return mixed, kept
