@@ -64,3 +64,23 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             os.fsync(stream.fileno())
         os.replace(partial_weights, self._weights_path)
         os.replace(partial_metadata, self._training_metadata_path)
+
+
+class Memorisation(keras.callbacks.Callback):
+    """Logs, per epoch, the accuracy on the training images whose label was
+    flipped, against their true labels (`flipped_true_accuracy`) and against
+    the noisy labels they were trained on (`flipped_noisy_accuracy`): the
+    second rising as the first falls is the network memorising the noise.
+    `batches` yields those images un-augmented, in the order of the labels."""
+
+    def __init__(self, batches, true_labels, noisy_labels):
+        super().__init__()
+        self.batches = batches
+        self.true_labels, self.noisy_labels = true_labels, noisy_labels
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or len(self.true_labels) == 0:
+            return
+        predicted = self.model.predict(self.batches, verbose=0).argmax(axis=-1)
+        logs["flipped_true_accuracy"] = float((predicted == self.true_labels).mean())
+        logs["flipped_noisy_accuracy"] = float((predicted == self.noisy_labels).mean())

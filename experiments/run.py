@@ -126,6 +126,7 @@ def main(argv=None):
 
     from training.engine import RunError, RunOptions, train
     from training.recipe import RecipeError
+    from training.transfer import TransferError
     from data.cifar import DataError
 
     try:
@@ -142,7 +143,7 @@ def main(argv=None):
             metrics = train(recipe, options)
         except (DataError, RecipeError) as error:
             return fail(str(error), USAGE_ERROR if isinstance(error, RecipeError) else RUN_ERROR)
-        except RunError as error:
+        except (RunError, TransferError) as error:
             return fail(str(error), RUN_ERROR)
         except KeyboardInterrupt:
             return fail("interrupted; rerun the same command to resume.", 130)

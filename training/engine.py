@@ -6,6 +6,8 @@ runs/<experiment>/<run-id>/
   history.csv   one row per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds
   metrics.json  final and best accuracies, parameters, wall time, images/s
   best.keras    the best epoch by the recipe's monitor
+  noise.npz     with label noise: the true and noisy training labels and the flipped indices
+  head.keras    with transfer: the network after its head-only stage
   accuracy.png, loss.png, lr.png
   backup/       BackupAndRestore's state while the run is unfinished
 
@@ -23,14 +25,16 @@ import time
 import keras
 import numpy as np
 
-from callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog
+from callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, Memorisation
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
+from data.mixing import Mixer
+from data.noise import corrupt_labels
 from data.normalize import Normalizer
 from data.pipeline import CifarBatches, EpochSync
 from models import build_model, count_params
 from plots.run_plots import write_run_plots
-from training import record, schedules
+from training import record, schedules, transfer
 from training.optimizers import build_optimizer
 from training.recipe import RecipeError, validate
 
@@ -55,9 +59,14 @@ class RunError(RuntimeError):
 
 def quick_recipe(recipe):
     """--quick: the same recipe, 2 epochs on a few hundred images, to check an install."""
+    epochs = min(recipe.epochs, QUICK_EPOCHS)
+    transfer_spec = recipe.transfer
+    if transfer_spec:  # one epoch for the head, one for the whole network
+        transfer_spec = {**transfer_spec,
+                         "head_epochs": min(transfer_spec.get("head_epochs", 0), epochs - 1)}
     return dataclasses.replace(
-        recipe, epochs=min(recipe.epochs, QUICK_EPOCHS),
-        val_split=min(recipe.val_split, QUICK_VAL_IMAGES),
+        recipe, epochs=epochs, val_split=min(recipe.val_split, QUICK_VAL_IMAGES),
+        transfer=transfer_spec,
     )
 
 
@@ -110,9 +119,50 @@ def _batches(recipe, options, normalizer, train, val, num_classes):
     train_batches = CifarBatches(
         normalizer(x_train) if before else x_train, y_train, num_classes, recipe.batch_size,
         augment=Augmenter(recipe.augment), normalize=None if before else normalizer,
-        shuffle=True, seed=options.seed,
+        mix=Mixer(**recipe.mixup) if recipe.mixup else None, shuffle=True, seed=options.seed,
     )
     return train_batches, _evaluation_batches(recipe, normalizer, *val, num_classes)
+
+
+def _apply_noise(spec, seed, run_dir, train, num_classes):
+    """Corrupts the training labels as the recipe's noise spec says; saves what changed."""
+    x_train, y_train = train
+    if spec.get("seed") is not None:
+        seed = spec["seed"]
+    noisy, flipped = corrupt_labels(y_train, num_classes, spec["kind"], spec["rate"], seed)
+    record.write_npz(os.path.join(run_dir, "noise.npz"), true_labels=y_train,
+                     noisy_labels=noisy, flipped_indices=np.flatnonzero(flipped))
+    summary = {"noise_kind": spec["kind"], "noise_rate": spec["rate"], "noise_seed": seed,
+               "noise_flipped": int(flipped.sum()),
+               "noise_actual_rate": float(flipped.mean()) if len(flipped) else 0.0}
+    return (x_train, noisy), flipped, summary
+
+
+def _stages(recipe):
+    """(name, first epoch, end epoch, optimizer spec, schedule spec, backup folder)."""
+    if not recipe.transfer:
+        return [("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, "backup")]
+    head_epochs = recipe.transfer.get("head_epochs", 0)
+    head_optimizer = {**recipe.optimizer, "learning_rate": recipe.transfer.get(
+        "head_learning_rate", recipe.optimizer["learning_rate"])}
+    stages = [("head", 0, head_epochs, head_optimizer, {"kind": "constant"}, "backup-head")]
+    stages.append(("finetune", head_epochs, recipe.epochs, recipe.optimizer, recipe.schedule, "backup"))
+    return [stage for stage in stages if stage[2] > stage[1]]
+
+
+def _compile(model, recipe, optimizer_spec, schedule):
+    optimizer_spec = dict(optimizer_spec)
+    base_lr = optimizer_spec.pop("learning_rate")
+    model.compile(
+        optimizer=build_optimizer(
+            optimizer_spec.pop("name"),
+            learning_rate=schedules.optimizer_learning_rate(schedule, base_lr),
+            **optimizer_spec),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=recipe.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return base_lr
 
 
 def _check_existing(run_dir, config):
@@ -211,6 +261,17 @@ def train(recipe, options):
     config.update(data_source=data.source, train_images=len(train_split[0]),
                   validation_images=len(val_split[0]),
                   validation="test set" if val_is_test else f"{recipe.val_split} held-out training images")
+    noise_summary, flipped = {}, None
+    if recipe.noise:
+        true_train_labels = train_split[1]
+        train_split, flipped, noise_summary = _apply_noise(
+            recipe.noise, options.seed, run_dir, train_split, data.num_classes)
+        config.update(noise_summary)
+    source_path = None
+    if recipe.transfer:
+        source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
+                                                 options.seed, options.quick)
+        config["transfer_source"] = os.path.abspath(source_path)
     record.write_json(os.path.join(run_dir, "config.json"), config)
 
     normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
@@ -218,59 +279,73 @@ def train(recipe, options):
                                           data.num_classes)
 
     keras.utils.set_random_seed(options.seed)
-    model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+    stages = _stages(recipe)
+    head_path = os.path.join(run_dir, "head.keras")
+    if recipe.transfer and os.path.exists(head_path):
+        model = keras.models.load_model(head_path, compile=False)
+        stages = [stage for stage in stages if stage[0] != "head"]
+    elif recipe.transfer:
+        model = transfer.transfer_model(source_path, data.num_classes)
+    else:
+        model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+    transfer.set_backbone_trainable(model, True)
     params = count_params(model)
-    optimizer_spec = dict(recipe.optimizer)
-    base_lr = optimizer_spec.pop("learning_rate")
-    model.compile(
-        optimizer=build_optimizer(
-            optimizer_spec.pop("name"),
-            learning_rate=schedules.optimizer_learning_rate(recipe.schedule, base_lr),
-            **optimizer_spec),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                  label_smoothing=recipe.label_smoothing),
-        metrics=["accuracy"],
-    )
 
-    backup_dir = os.path.join(run_dir, "backup")
     history_path = os.path.join(run_dir, "history.csv")
-    done = 0
-    metadata = os.path.join(backup_dir, "training_metadata.json")
-    if os.path.exists(metadata):
-        done = int(record.read_json(metadata).get("epoch", 0))
-    history = record.truncate_history(history_path, done)
-    if done:
-        print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
     mode = "min" if "loss" in recipe.monitor else "max"
-    best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
-    threshold = best_so_far[0] if best_so_far else None
-
-    callback_list = [EpochSync(train_batches)]
-    callback_list += schedules.schedule_callbacks(recipe.schedule, base_lr, recipe.epochs)
-    callback_list += [
-        EpochLog(),
-        keras.callbacks.TerminateOnNaN(),
-        AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
-                              mode=mode, save_best_only=True, initial_value_threshold=threshold),
-    ]
-    if recipe.early_stopping:
-        callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
-    callback_list += [
-        keras.callbacks.CSVLogger(history_path, append=True),
-        AtomicBackupAndRestore(backup_dir),
-    ]
+    extra_callbacks = []
+    if flipped is not None:
+        flipped_images = train_split[0][flipped]
+        extra_callbacks.append(Memorisation(
+            _evaluation_batches(recipe, normalizer, flipped_images, true_train_labels[flipped],
+                                data.num_classes),
+            true_train_labels[flipped], train_split[1][flipped]))
 
     record.write_status(run_dir, "running")
     start = time.time()
-    try:
-        model.fit(train_batches, validation_data=val_batches, epochs=recipe.epochs,
-                  callbacks=callback_list, shuffle=False, verbose=options.verbose)
-    except KeyboardInterrupt:
-        record.write_status(run_dir, "interrupted", reason="stopped by Ctrl-C; rerun the same command to resume")
-        raise
-    except Exception as error:
-        record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
-        raise
+    for stage_name, first_epoch, end_epoch, optimizer_spec, schedule, backup_name in stages:
+        if recipe.transfer:
+            transfer.set_backbone_trainable(model, stage_name != "head")
+        base_lr = _compile(model, recipe, optimizer_spec, schedule)
+        backup_dir = os.path.join(run_dir, backup_name)
+        done = first_epoch
+        metadata = os.path.join(backup_dir, "training_metadata.json")
+        if os.path.exists(metadata):
+            done = int(record.read_json(metadata).get("epoch", first_epoch))
+        history = record.truncate_history(history_path, done)
+        if done > first_epoch or (done and stage_name == "finetune"):
+            print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
+        best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
+        threshold = best_so_far[0] if best_so_far else None
+
+        callback_list = [EpochSync(train_batches)]
+        callback_list += schedules.schedule_callbacks(schedule, base_lr, recipe.epochs)
+        callback_list += [
+            EpochLog(),
+            keras.callbacks.TerminateOnNaN(),
+            AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
+                                  mode=mode, save_best_only=True, initial_value_threshold=threshold),
+            *extra_callbacks,
+        ]
+        if recipe.early_stopping:
+            callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
+        callback_list += [
+            keras.callbacks.CSVLogger(history_path, append=True),
+            AtomicBackupAndRestore(backup_dir),
+        ]
+        try:
+            model.fit(train_batches, validation_data=val_batches, initial_epoch=first_epoch,
+                      epochs=end_epoch, callbacks=callback_list, shuffle=False,
+                      verbose=options.verbose)
+        except KeyboardInterrupt:
+            record.write_status(run_dir, "interrupted",
+                                reason="stopped by Ctrl-C; rerun the same command to resume")
+            raise
+        except Exception as error:
+            record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
+            raise
+        if stage_name == "head":
+            record.save_model(model, head_path)
 
     history = record.read_history(history_path)
     nan_epochs = [row["epoch"] for row in history if not np.isfinite(row.get("loss", 0.0))]
@@ -292,6 +367,7 @@ def train(recipe, options):
     metrics["wall_seconds_this_session"] = time.time() - start
     metrics["quick"] = options.quick
     metrics["full_recipe_epochs"] = full_epochs
+    metrics.update(noise_summary)
     record.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     write_run_plots(history, run_dir, recipe.name + (" (quick)" if options.quick else ""),
                     recipe.monitor)

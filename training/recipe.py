@@ -9,7 +9,9 @@ import dataclasses
 import difflib
 import json
 
-from data.augment import OPS as AUGMENT_OPS
+from data.augment import Augmenter
+from data.mixing import Mixer
+from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS
 from training import schedules
 from training.optimizers import OPTIMIZERS, STYLES
@@ -39,6 +41,9 @@ class Recipe:
     eval_batch_size: int = 500  # images per evaluation step (does not change results)
     monitor: str = "val_accuracy"  # what best.keras keeps the best of
     early_stopping: dict = None  # {"monitor", "patience", "min_delta"}; None: off
+    mixup: dict = None  # data.mixing.Mixer fields: kind, alpha, p, gate, stop_epoch; None: off
+    noise: dict = None  # training-label noise: kind, rate (0-1), seed; see data.noise
+    transfer: dict = None  # start from a finished run: source, run, head_epochs, head_learning_rate
     paper_accuracy: float = None  # percent, as reported
     paper_source: str = ""  # where paper_accuracy comes from
     notes: str = ""  # choices made where the paper is ambiguous
@@ -65,6 +70,9 @@ OPTIONAL_KEYS = {
                  "cooldown", "min_lr"},
     "normalization": {"kind", "stats", "stage", "scale_bug"},
     "early_stopping": {"monitor", "patience", "min_delta", "mode"},
+    "mixup": {"kind", "alpha", "p", "gate", "stop_epoch"},
+    "noise": {"kind", "rate", "seed"},
+    "transfer": {"source", "run", "head_epochs", "head_learning_rate"},
 }
 
 
@@ -175,12 +183,22 @@ def validate(recipe):
         need(normalization.get("stats") in CHANNEL_STATS,
              f"normalization.stats must be one of {sorted(CHANNEL_STATS)}; got {normalization.get('stats')!r}.")
     need(isinstance(recipe.augment, list), f"augment must be a list of ops; got {recipe.augment!r}.")
-    for entry in recipe.augment:
-        need(isinstance(entry, dict) and entry.get("op") in AUGMENT_OPS,
-             f"augment: unknown op {entry!r}; expected one of {sorted(AUGMENT_OPS)}.")
-        p = entry.get("p")
-        need(p is None or (isinstance(p, (int, float)) and 0 <= p <= 1),
-             f"augment {entry['op']}: p must lie in [0, 1]; got {p!r}.")
+    for field, check in (("augment", Augmenter), ("mixup", lambda v: v and Mixer(**v)),
+                         ("noise", lambda v: v and validate_noise(v, recipe.dataset))):
+        try:
+            check(getattr(recipe, field))
+        except (ValueError, TypeError) as error:
+            raise RecipeError(f"{field}: {error}") from None
+    if recipe.transfer is not None:
+        transfer = recipe.transfer
+        need(isinstance(transfer, dict) and isinstance(transfer.get("source"), str),
+             f"transfer needs a source experiment name; got {transfer!r}.")
+        head_epochs = transfer.get("head_epochs", 0)
+        need(isinstance(head_epochs, int) and 0 <= head_epochs < recipe.epochs,
+             f"transfer.head_epochs must be a whole number in [0, epochs); got {head_epochs!r}.")
+        head_lr = transfer.get("head_learning_rate", lr)
+        need(isinstance(head_lr, (int, float)) and head_lr > 0,
+             f"transfer.head_learning_rate must be a number > 0; got {head_lr!r}.")
     if recipe.early_stopping is not None:
         need(isinstance(recipe.early_stopping, dict),
              f"early_stopping must be null or a dict; got {recipe.early_stopping!r}.")

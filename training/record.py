@@ -28,6 +28,33 @@ def atomic_write_text(path, text):
         raise
 
 
+def _atomic_file(path, write):
+    """Calls write(temporary_path) and renames the result over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    root, extension = name.split(".", 1) if "." in name else (name, "")
+    temporary = os.path.join(folder, f".tmp-{root}-{os.getpid()}.{extension}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_npz(path, **arrays):
+    """np.savez, atomically."""
+    import numpy as np
+
+    _atomic_file(path, lambda temporary: np.savez(temporary, **arrays))
+
+
+def save_model(model, path):
+    """model.save(path) (a .keras file), atomically."""
+    _atomic_file(path, model.save)
+
+
 def write_json(path, value):
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -1,0 +1,279 @@
+"""Every experiment's recipe as data: it validates, its pieces build, its
+schedule gives the paper's rates; label noise; groups; and quick runs of the
+training paths the recipes add (noise, mixup, AutoAugment, plateau, transfer)."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from data.augment import Augmenter
+from data.mixing import Mixer
+from data.noise import CIFAR10_ASYMMETRIC, corrupt_labels, validate_noise
+from data.normalize import Normalizer
+from experiments.recipes import EXPERIMENTS, GROUPS
+from training import schedules
+from training.optimizers import build_optimizer
+from training.recipe import RecipeError, apply_override, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "experiments", "run.py")
+
+REQUIRED = {
+    "cnn_baseline", "cnn_vgg2", "cnn_vgg3", "cnn_dropout", "cnn_augmentation", "cnn_l2",
+    "cnn_regularized", "cnn_best", "resnet_plain", "resnet_step", "resnet_deep",
+    "resnet_cifar100", "noisy_labels", "norm_batch", "norm_layer", "norm_group",
+    "norm_instance", "mobilenetv2", "mobilenetv2_t5", "mobilenetv2_t6", "mobilenetv2_adam",
+    "mobilenetv2_stride2", "modified_resnet", "se_resnet_mixup", "resnet20", "resnet32",
+    "resnet44", "resnet56", "resnet110", "resnet_cifar100_transfer",
+} | {f"resnet5m_row{row}" for row in range(1, 13)}
+
+
+def run(*args, timeout=900):
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def history(path):
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_every_named_experiment_and_group_exists():
+    assert REQUIRED <= set(EXPERIMENTS)
+    assert {"cnn_progression", "noise_sweep", "norm_comparison", "resnet5m_table",
+            "optimizer_comparison", "mobilenetv2_expansion", "he_resnets"} <= set(GROUPS)
+    for members in GROUPS.values():
+        assert set(members) <= set(EXPERIMENTS)
+    assert GROUPS["resnet5m_table"] == [f"resnet5m_row{row}" for row in range(1, 13)]
+    assert GROUPS["optimizer_comparison"] == [f"resnet5m_row{row}" for row in range(1, 5)]
+    sweep = [(EXPERIMENTS[name].noise["kind"], EXPERIMENTS[name].noise["rate"])
+             for name in GROUPS["noise_sweep"]]
+    assert sweep == [("symmetric", 0.0), ("symmetric", 0.2), ("symmetric", 0.4),
+                     ("symmetric", 0.6), ("symmetric", 0.8), ("asymmetric", 0.4)]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_recipe_pieces_build_and_run_on_a_batch(name):
+    """Everything a run builds from the recipe, short of the network (whose counts
+    test_models checks): validation, augmentation on a uint8 batch, normalisation,
+    the optimizer, the schedule at every epoch, mixup and noise."""
+    recipe = EXPERIMENTS[name]
+    validate(recipe)
+    assert recipe.paper_source, "every experiment says where its number comes from"
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    normalizer = Normalizer(**recipe.normalization).fit(x)
+    if normalizer.stage == "before":
+        x = normalizer(x)
+    augmented = Augmenter(recipe.augment)(x, rng)
+    assert augmented.shape == x.shape
+    out = augmented if normalizer.stage == "before" else normalizer(augmented)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    spec = dict(recipe.optimizer)
+    lr = spec.pop("learning_rate")
+    build_optimizer(spec.pop("name"), learning_rate=lr, **spec)
+    if recipe.schedule["kind"] in schedules.EPOCH_KINDS:
+        rates = [schedules.lr_at(e, recipe.schedule, lr, recipe.epochs) for e in range(recipe.epochs)]
+        assert all(np.isfinite(rates)) and min(rates) >= 0
+    if recipe.mixup:
+        Mixer(**recipe.mixup)
+    if recipe.noise:
+        validate_noise(recipe.noise, recipe.dataset)
+
+
+def recipe_lrs(name):
+    recipe = EXPERIMENTS[name]
+    lr = recipe.optimizer["learning_rate"]
+    return [schedules.lr_at(e, recipe.schedule, lr, recipe.epochs) for e in range(recipe.epochs)]
+
+
+def test_recipe_schedules_give_the_papers_rates():
+    step = recipe_lrs("resnet_step")
+    assert step[:52] == [pytest.approx(0.1)] * 52
+    assert step[52:77] == [pytest.approx(0.01)] * 25
+    assert step[77:] == [pytest.approx(0.001)] * 23
+    mobilenet = recipe_lrs("mobilenetv2")
+    np.testing.assert_allclose(mobilenet, [0.045 * 0.98 ** e for e in range(200)], rtol=1e-12)
+    row1 = recipe_lrs("resnet5m_row1")
+    assert len(row1) == 65 and row1[0] == pytest.approx(0.004)
+    assert int(np.argmax(row1)) == 19 and row1[19] == pytest.approx(0.1, rel=1e-3)
+    assert row1[64] == pytest.approx(4e-7, rel=0.01)
+    row6 = recipe_lrs("resnet5m_row6")
+    np.testing.assert_allclose(row6, [0.005 * (1 + math.cos(math.pi * e / 200)) for e in range(200)])
+    se = recipe_lrs("se_resnet_mixup")
+    assert len(se) == 415 and se[0] == pytest.approx(0.1) and se[400] == pytest.approx(0, abs=1e-12)
+    np.testing.assert_allclose(se[400:], [0.05 * (1 + math.cos(math.pi * t / 400))
+                                          for t in range(400, 415)], rtol=1e-9, atol=1e-15)
+    assert EXPERIMENTS["se_resnet_mixup"].mixup["stop_epoch"] == 400
+    assert EXPERIMENTS["se_resnet_mixup"].optimizer["clipvalue"] == 0.1
+    plateau = EXPERIMENTS["modified_resnet"].schedule
+    assert (plateau["kind"], plateau["monitor"], plateau["factor"], plateau["patience"]) == (
+        "plateau", "val_loss", 0.1, 5)
+    he = EXPERIMENTS["resnet110"]
+    rate = schedules.optimizer_learning_rate(he.schedule, he.optimizer["learning_rate"])
+    assert float(rate(32000)) == pytest.approx(0.1) and float(rate(32001)) == pytest.approx(0.01)
+    assert float(rate(48001)) == pytest.approx(0.001)
+    assert he.epochs * math.ceil(50000 / he.batch_size) >= 64000
+
+
+def test_resnet5m_rows_take_their_optimizers():
+    names = {row: EXPERIMENTS[f"resnet5m_row{row}"].optimizer["name"] for row in range(1, 13)}
+    assert names == {1: "sgd", 2: "adagrad", 3: "rmsprop", 4: "adam", 5: "adam", 6: "sgd",
+                     7: "sgd", 8: "sgd", 9: "sgd", 10: "sgd", 11: "adam", 12: "sgd"}
+    row6 = EXPERIMENTS["resnet5m_row6"]
+    assert row6.optimizer == {"name": "sgd", "learning_rate": 0.01, "momentum": 0.9,
+                              "weight_decay": 5e-4, "style": "torch"}
+    assert {"op": "autoaugment"} in row6.augment and row6.paper_accuracy == 95.55
+    assert "assumption" in EXPERIMENTS["resnet5m_row2"].notes
+
+
+# ---------------------------------------------------------------- label noise
+LABELS = np.repeat(np.arange(10), 5000)
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "uniform", "asymmetric", "pair"])
+def test_noise_rates(kind):
+    rate = 0.4
+    noisy, flipped = corrupt_labels(LABELS, 10, kind, rate, seed=3)
+    assert np.array_equal(flipped, noisy != LABELS)
+    n = len(LABELS)
+    if kind == "symmetric":
+        expected = rate
+        others = noisy[flipped & (LABELS == 0)]
+        counts = np.bincount(others, minlength=10)[1:]  # uniform over the other 9
+        assert counts.min() > 0.8 * counts.mean() and (noisy[LABELS == 0] != 0).any()
+    elif kind == "uniform":
+        expected = rate * 9 / 10  # the true class is among the draws
+    elif kind == "asymmetric":
+        expected = rate * 5 / 10  # five of the ten classes have a target
+        assert set(zip(LABELS[flipped], noisy[flipped])) == set(CIFAR10_ASYMMETRIC.items())
+    else:
+        expected = rate
+        assert np.array_equal(noisy[flipped], (LABELS[flipped] + 1) % 10)
+    assert abs(flipped.mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+
+
+def test_symmetric_exact_flips_an_exact_count_per_class():
+    noisy, flipped = corrupt_labels(LABELS, 10, "symmetric_exact", 0.2, seed=0)
+    assert [int(flipped[LABELS == c].sum()) for c in range(10)] == [1000] * 10
+    assert (noisy[flipped] != LABELS[flipped]).all()
+
+
+def test_noise_is_seeded():
+    first = corrupt_labels(LABELS, 10, "symmetric", 0.2, seed=5)[0]
+    assert np.array_equal(first, corrupt_labels(LABELS, 10, "symmetric", 0.2, seed=5)[0])
+    assert not np.array_equal(first, corrupt_labels(LABELS, 10, "symmetric", 0.2, seed=6)[0])
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("noise.rate=1.5", "rate must be a number in [0, 1]"),
+    ('noise.kind="gaussian"', "kind must be one of"),
+])
+def test_bad_noise_settings_are_refused(edit, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        apply_override(EXPERIMENTS["noisy_labels"], edit)
+
+
+# ---------------------------------------------------------------- quick runs
+def quick(name, data, out, *extra):
+    result = run(name, "--quick", "--data-dir", data, "--output-dir", out, *extra)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = os.path.join(out, name, "seed0-quick")
+    with open(os.path.join(run_dir, "metrics.json")) as stream:
+        return run_dir, json.load(stream)
+
+
+def test_noisy_labels_quick_run_records_the_noise(shared_cifar10, tmp_path):
+    run_dir, metrics = quick("noisy_labels", shared_cifar10, str(tmp_path),
+                             "--set", "noise.rate=0.3")
+    saved = np.load(os.path.join(run_dir, "noise.npz"))
+    flipped = saved["flipped_indices"]
+    assert metrics["noise_flipped"] == len(flipped) > 0
+    assert metrics["noise_actual_rate"] == pytest.approx(len(flipped) / len(saved["true_labels"]))
+    assert (saved["noisy_labels"][flipped] != saved["true_labels"][flipped]).all()
+    rows = history(os.path.join(run_dir, "history.csv"))
+    for row in rows:  # memorisation: accuracy on the flipped images, both labelings
+        assert 0 <= float(row["flipped_true_accuracy"]) <= 1
+        assert 0 <= float(row["flipped_noisy_accuracy"]) <= 1
+    assert {"best_test_accuracy", "final_test_accuracy"} <= set(metrics)
+
+
+def test_mixup_quick_run_logs_the_epoch_gate(shared_cifar10, tmp_path):
+    run_dir, _ = quick("se_resnet_mixup", shared_cifar10, str(tmp_path),
+                       "--set", "mixup.stop_epoch=1")
+    rows = history(os.path.join(run_dir, "history.csv"))
+    mixer = Mixer(**{**EXPERIMENTS["se_resnet_mixup"].mixup, "stop_epoch": 1})
+    assert [float(row["mixup"]) for row in rows] == [
+        float(mixer.epoch_is_mixed(0, epoch)) for epoch in range(2)]
+    assert float(rows[-1]["mixup"]) == 0.0  # past stop_epoch: the clean phase
+
+
+@pytest.mark.parametrize("name", ["modified_resnet", "resnet5m_row6"])
+def test_quick_runs_with_the_papers_augmentation(shared_cifar10, tmp_path, name):
+    run_dir, metrics = quick(name, shared_cifar10, str(tmp_path))
+    assert metrics["epochs_run"] == 2
+    rows = history(os.path.join(run_dir, "history.csv"))
+    assert all(float(row["input_seconds"]) < float(row["seconds"]) for row in rows)
+
+
+def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):
+    from conftest import write_cifar10, write_cifar100
+
+    data = str(tmp_path / "data")
+    write_cifar10(data)
+    write_cifar100(data)
+    out = str(tmp_path / "runs")
+    setting = ["--set", 'transfer.source="cnn_baseline"', "--set", "transfer.head_epochs=1"]
+    missing = run("resnet_cifar100_transfer", "--quick", "--data-dir", data,
+                  "--output-dir", out, *setting)
+    assert missing.returncode == 1
+    assert "python experiments/run.py cnn_baseline --quick" in missing.stderr
+    quick("cnn_baseline", data, out)
+    run_dir, metrics = quick("resnet_cifar100_transfer", data, out, *setting)
+    import keras
+
+    model = keras.models.load_model(os.path.join(run_dir, "best.keras"))
+    assert model.output_shape == (None, 100)
+    assert os.path.exists(os.path.join(run_dir, "head.keras"))
+    assert [int(row["epoch"]) for row in history(os.path.join(run_dir, "history.csv"))] == [0, 1]
+    with open(os.path.join(run_dir, "config.json")) as stream:
+        assert json.load(stream)["transfer_source"].endswith(
+            os.path.join("cnn_baseline", "seed0-quick", "best.keras"))
+    broken = tmp_path / "broken.keras"
+    broken.write_text("not a model")
+    bad = run("resnet_cifar100_transfer", "--quick", "--data-dir", data,
+              "--output-dir", out, "--run-id", "other", "--set", f'transfer.run="{broken}"')
+    assert bad.returncode == 1 and "Cannot load" in bad.stderr
+
+
+def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
+    """norm_comparison is killed while its second member trains; the rerun skips
+    the finished member and completes the rest."""
+    out = str(tmp_path)
+    args = [sys.executable, RUN, "norm_comparison", "--quick", "--data-dir", shared_cifar10,
+            "--output-dir", out]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = os.path.join(out, "norm_layer", "seed0-quick", "history.csv")
+    deadline = time.time() + 600
+    while not os.path.exists(second) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert os.path.exists(os.path.join(out, "norm_batch", "seed0-quick", "metrics.json"))
+    result = run("norm_comparison", "--quick", "--data-dir", shared_cifar10, "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "norm_batch: already completed" in result.stdout
+    assert "experiment 4 of 4: norm_instance" in result.stdout
+    for member in GROUPS["norm_comparison"]:
+        run_dir = os.path.join(out, member, "seed0-quick")
+        with open(os.path.join(run_dir, "status.json")) as stream:
+            assert json.load(stream)["status"] == "completed"
+        assert [int(r["epoch"]) for r in history(os.path.join(run_dir, "history.csv"))] == [0, 1]
