@@ -73,11 +73,15 @@ class Normalizer:
         return self
 
     def __call__(self, x):
-        x = np.asarray(x, dtype=np.float32)
+        # One float32 copy, then in-place arithmetic: this runs on every batch.
+        x = np.array(x, dtype=np.float32)
         if self.kind == "scale":
-            return x * np.float32(1.0 / 255.0)
+            x *= np.float32(1.0 / 255.0)
+            return x
         if self.kind == "channel":
-            return (x - self.mean) / self.std
+            x -= self.mean
+            x /= self.std
+            return x
         if self.kind == "per_image":
             axes = tuple(range(1, x.ndim))
             mean = x.mean(axis=axes, keepdims=True)

@@ -293,3 +293,20 @@ def test_cutmix_labels_follow_the_pasted_area():
         for image, label in zip(mixed, labels):
             shares = np.array([(image[..., 0] == k).mean() for k in range(4)])
             np.testing.assert_allclose(shares, label, atol=1e-6)
+
+
+def test_augment_benchmark_writes_json_and_table(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "augment.json"
+    script = __file__.replace("tests/test_augment.py", "benchmarks/augment.py")
+    result = subprocess.run([sys.executable, script, "--no-fit", "--seconds", "0.05",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    chains = json.loads(out.read_text())["chains"]
+    assert {c["experiment"] for c in chains} >= {"mobilenetv2", "resnet5m_row6", "modified_resnet",
+                                                 "se_resnet_mixup"}
+    assert all(c["images_per_second"] > 0 for c in chains)
+    assert "| chain |" in (tmp_path / "augment.md").read_text()
