@@ -2,23 +2,21 @@
 
 import os
 
-from plots.style import COLORS, figure, save
+from plots.style import COLORS, line_chart
 from training.record import best_epoch
 
 
 def _curves(history, key, title, ylabel, path, monitor):
     epochs = [row["epoch"] + 1 for row in history]
-    fig, axes = figure(title, "epoch", ylabel)
-    axes.plot(epochs, [row.get(key) for row in history], color=COLORS["train"], label="train")
+    series = [{"label": "train", "x": epochs, "y": [row.get(key) for row in history],
+               "style": {"color": COLORS["train"]}}]
     if any(f"val_{key}" in row for row in history):
-        axes.plot(epochs, [row.get(f"val_{key}") for row in history], color=COLORS["validation"],
-                  label="validation")
+        series.append({"label": "validation", "x": epochs,
+                       "y": [row.get(f"val_{key}") for row in history],
+                       "style": {"color": COLORS["validation"]}})
     best = best_epoch(history, monitor)
-    if best is not None:
-        axes.axvline(best[1] + 1, color=COLORS["best"], linestyle="--",
-                     label=f"best {monitor} (epoch {best[1] + 1})")
-    axes.legend()
-    save(fig, path)
+    vlines = [(best[1] + 1, f"best {monitor} (epoch {best[1] + 1})", COLORS["best"])] if best else []
+    line_chart(path, title, "epoch", ylabel, series, vlines=vlines)
 
 
 def write_run_plots(history, run_dir, title, monitor="val_accuracy"):
@@ -29,10 +27,9 @@ def write_run_plots(history, run_dir, title, monitor="val_accuracy"):
     _curves(history, "accuracy", f"{title}: accuracy", "accuracy (fraction correct)",
             paths["accuracy"], monitor)
     _curves(history, "loss", f"{title}: loss", "cross-entropy loss", paths["loss"], monitor)
-    fig, axes = figure(f"{title}: learning rate", "epoch", "learning rate (at epoch start)")
-    axes.plot([row["epoch"] + 1 for row in history], [row.get("lr") for row in history],
-              color=COLORS["train"], marker="." if len(history) < 50 else None)
-    if all(isinstance(row.get("lr"), float) and row["lr"] > 0 for row in history):
-        axes.set_yscale("log")
-    save(fig, paths["lr"])
+    rates = [row.get("lr") for row in history]
+    line_chart(paths["lr"], f"{title}: learning rate", "epoch", "learning rate (at epoch start)",
+               [{"label": "learning rate", "x": [row["epoch"] + 1 for row in history], "y": rates,
+                 "style": {"color": COLORS["train"], "marker": "." if len(history) < 50 else None}}],
+               log_y=all(isinstance(rate, float) and rate > 0 for rate in rates))
     return list(paths.values())

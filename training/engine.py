@@ -87,6 +87,31 @@ def _versions():
     return versions
 
 
+def _device():
+    """What the backend computes on, in words (for the run record and reports)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            devices = jax.devices()
+            return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return f"{len(gpus)} x GPU ({gpus[0].name})"
+    except Exception:  # a description only; never stop a run over it
+        pass
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
 def _prepare_data(recipe, options):
     data = load_cifar(recipe.dataset, options.data_dir, recipe.label_mode)
     x_train, y_train = data.x_train, data.y_train
@@ -238,6 +263,7 @@ def train(recipe, options):
         "git_commit": record.git_commit(),
         "command": " ".join(sys.argv),
         "host": platform.node(),
+        "device": _device(),
         "platform": platform.platform(),
     }
     status = _check_existing(run_dir, config)

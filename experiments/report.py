@@ -1,0 +1,221 @@
+"""Paper-vs-ours tables and the studies' figures, from run records alone.
+
+    python experiments/report.py [--runs runs/] [--out reports/]
+
+Reads every runs/<experiment>/<run-id>/ (config.json, metrics.json,
+history.csv, status.json), writes <out>/RESULTS.md and <out>/figures/*.png
+(each with a .json of the numbers it shows). Nothing is retrained; a missing
+or corrupt record is named and skipped.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from experiments.recipes import EXPERIMENTS, GROUPS  # noqa: E402
+from training import record  # noqa: E402
+
+PAPERS = {
+    "000": "Paper 000: MobileNetV2 with expansion 7",
+    "001": "Paper 001: ResNet5M (ResNets under 5M parameters)",
+    "002": "Paper 002: ModifiedResNet",
+    "003": "Paper 003: ResNet + SE + mixup",
+    "004": "Paper 004: KTH, from a VGG CNN to ResNets",
+    "he2015": "He et al. 2015: CIFAR ResNets",
+    "suite": "Beyond the papers",
+}
+
+
+DESCRIPTIVE_FIELDS = ("notes", "paper_source", "paper_accuracy", "eval_batch_size")
+
+
+def _training_fields(recipe_dict):
+    """The recipe fields that change what trains (not its description)."""
+    return {k: v for k, v in recipe_dict.items() if k not in DESCRIPTIVE_FIELDS}
+
+
+@dataclasses.dataclass
+class Run:
+    experiment: str
+    run_id: str
+    path: str
+    config: dict
+    metrics: dict
+    history: list
+
+    @property
+    def kind(self):
+        """'full' only for the experiment's own recipe run to its last epoch."""
+        if self.metrics.get("quick") or self.config.get("quick"):
+            return "quick"
+        recipe = EXPERIMENTS.get(self.experiment)
+        epochs_run = self.metrics.get("epochs_run")
+        full_epochs = self.metrics.get("full_recipe_epochs") or self.metrics.get("recipe_epochs")
+        ran = _training_fields(self.config.get("recipe", {}))
+        if recipe is not None and ran != _training_fields(json.loads(json.dumps(recipe.to_dict()))):
+            if ran.get("epochs") != recipe.epochs:
+                return f"short: {epochs_run} of {recipe.epochs} epochs"
+            return "modified recipe"
+        if epochs_run is not None and full_epochs is not None and epochs_run < full_epochs:
+            return f"short: {epochs_run} of {full_epochs} epochs"
+        return "full"
+
+
+def load_runs(runs_dir):
+    """(runs, problems): every completed run record, and a line per skipped folder."""
+    runs, problems = [], []
+    if not os.path.isdir(runs_dir):
+        return runs, [f"{runs_dir}: no such folder (train something with experiments/run.py first)"]
+    for experiment in sorted(os.listdir(runs_dir)):
+        folder = os.path.join(runs_dir, experiment)
+        if not os.path.isdir(folder):
+            continue
+        for run_id in sorted(os.listdir(folder)):
+            path = os.path.join(folder, run_id)
+            if not os.path.isdir(path):
+                continue
+            try:
+                status = record.read_status(path) or {}
+                if status.get("status") != "completed":
+                    problems.append(f"{path}: status {status.get('status', 'missing')}, skipped")
+                    continue
+                config = record.read_json(os.path.join(path, "config.json"))
+                metrics = record.read_json(os.path.join(path, "metrics.json"))
+                history = record.read_history(os.path.join(path, "history.csv"))
+            except (OSError, ValueError, KeyError) as error:
+                problems.append(f"{path}: unreadable record ({type(error).__name__}: {error}), skipped")
+                continue
+            if not history:
+                problems.append(f"{path}: empty history.csv, skipped")
+                continue
+            runs.append(Run(experiment, run_id, path, config, metrics, history))
+    return runs, problems
+
+
+def _percent(value):
+    return None if value is None else 100.0 * value
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _format(mean, std, n):
+    if mean is None:
+        return "-"
+    text = f"{mean:.2f}"
+    if n > 1:
+        text += f" ± {std:.2f}" if std is not None else ""
+    return text
+
+
+def summarise(runs):
+    """One row per (experiment, kind): means over its runs."""
+    rows = {}
+    for run in runs:
+        rows.setdefault((run.experiment, run.kind), []).append(run)
+    summary = []
+    for (experiment, kind), members in rows.items():
+        recipe = EXPERIMENTS.get(experiment)
+        final_mean, final_std = _mean_std([_percent(r.metrics.get("final_test_accuracy")) for r in members])
+        best_mean, best_std = _mean_std([_percent(r.metrics.get("best_test_accuracy")) for r in members])
+        paper = members[0].metrics.get("paper_accuracy")
+        summary.append({
+            "experiment": experiment,
+            "paper": recipe.paper if recipe else members[0].config.get("recipe", {}).get("paper", "?"),
+            "kind": kind,
+            "n": len(members),
+            "run_ids": [r.run_id for r in members],
+            "trainable_params": members[0].metrics.get("trainable_params"),
+            "epochs_run": max(r.metrics.get("epochs_run", 0) for r in members),
+            "recipe_epochs": recipe.epochs if recipe else members[0].metrics.get("full_recipe_epochs"),
+            "final_test_accuracy": final_mean, "final_test_std": final_std,
+            "best_test_accuracy": best_mean, "best_test_std": best_std,
+            "validation_is_test": all(r.metrics.get("validation_is_test") for r in members),
+            "paper_accuracy": paper,
+            "paper_source": members[0].metrics.get("paper_source", ""),
+            "gap": (best_mean - paper) if (kind == "full" and paper is not None and best_mean is not None) else None,
+            "wall_hours": statistics.fmean(r.metrics.get("train_seconds", 0.0) for r in members) / 3600,
+            "hardware": members[0].config.get("device") or members[0].config.get("platform", "?"),
+            "backend": members[0].config.get("backend", "?"),
+        })
+    order = {name: index for index, name in enumerate(EXPERIMENTS)}
+    summary.sort(key=lambda row: (order.get(row["experiment"], len(order)), row["kind"] != "full"))
+    return summary
+
+
+def results_markdown(summary, problems):
+    lines = ["# Results", "",
+             "Generated by `python experiments/report.py` from the run records. Accuracies are "
+             "test-set percentages: *final* is the last epoch, *best* the epoch the recipe's "
+             "checkpoint kept. Where the test set also validated (the papers' convention) "
+             "the best epoch was chosen on it, so *best* is optimistic; *val = test* says so. "
+             "Several runs of one experiment show mean ± standard deviation over n runs. "
+             "Only rows marked **full** ran the paper's recipe to its end; quick, short or "
+             "modified runs are listed for what they are and get no gap.", ""]
+    by_paper = {}
+    for row in summary:
+        by_paper.setdefault(row["paper"], []).append(row)
+    for paper in [p for p in PAPERS if p in by_paper] + [p for p in by_paper if p not in PAPERS]:
+        lines += [f"## {PAPERS.get(paper, paper)}", "",
+                  "| experiment | run | n | trainable params | epochs | final test % | best test % "
+                  "| val = test | paper % | source | gap (best − paper) | train hours | hardware | backend |",
+                  "|---|---|---:|---:|---|---:|---:|---|---:|---|---:|---:|---|---|"]
+        for row in by_paper[paper]:
+            kind = "**full**" if row["kind"] == "full" else row["kind"]
+            params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-"
+            paper_value = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
+            gap = f"{row['gap']:+.2f}" if row["gap"] is not None else "-"
+            lines.append(
+                f"| {row['experiment']} | {kind} | {row['n']} | {params} | "
+                f"{row['epochs_run']} / {row['recipe_epochs']} | "
+                f"{_format(row['final_test_accuracy'], row['final_test_std'], row['n'])} | "
+                f"{_format(row['best_test_accuracy'], row['best_test_std'], row['n'])} | "
+                f"{'yes' if row['validation_is_test'] else 'no'} | {paper_value} | "
+                f"{row['paper_source'] or '-'} | {gap} | {row['wall_hours']:.2f} | "
+                f"{row['hardware']} | {row['backend']} |")
+        lines.append("")
+    if problems:
+        lines += ["## Skipped run folders", ""] + [f"- {problem}" for problem in problems] + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs", help="folder of run records (default runs/)")
+    parser.add_argument("--out", default="reports", help="where RESULTS.md and figures/ go")
+    args = parser.parse_args(argv)
+    from plots.report_figures import write_figures
+
+    runs, problems = load_runs(args.runs)
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    try:
+        os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
+    except OSError as error:
+        print(f"error: cannot write to {args.out} ({error.strerror}); pass --out with a "
+              f"writable folder.", file=sys.stderr)
+        return 1
+    summary = summarise(runs)
+    record.atomic_write_text(os.path.join(args.out, "RESULTS.md"), results_markdown(summary, problems))
+    record.write_json(os.path.join(args.out, "results.json"), summary)
+    figures = write_figures(runs, os.path.join(args.out, "figures"))
+    print(f"{len(runs)} runs of {len({r.experiment for r in runs})} experiments -> "
+          f"{os.path.join(args.out, 'RESULTS.md')} and {len(figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The studies' comparison figures, from run records (and, for schedules, recipes).
+
+Every figure goes through plots.style (line_chart, bar_chart), which also
+writes the plotted numbers as <figure>.json beside the PNG.
+"""
+
+import json
+import math
+import os
+
+from experiments.recipes import EXPERIMENTS, GROUPS
+from plots.style import COLORS, bar_chart, line_chart
+from training import schedules
+
+LINESTYLES = ["-", "--", "-.", ":"]
+CURVE_GROUPS = ("cnn_progression", "norm_comparison", "mobilenetv2_expansion", "optimizer_comparison")
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939"]
+
+
+def representative(runs):
+    """One run per experiment: a full run if any, then the longest, then the first id."""
+    chosen = {}
+    for run in sorted(runs, key=lambda r: (r.kind != "full", -len(r.history), r.run_id)):
+        chosen.setdefault(run.experiment, run)
+    return chosen
+
+
+def mean_percent(runs, run, key):
+    """The mean of `key` over the runs of `run`'s experiment and kind, in percent."""
+    values = [r.metrics.get(key) for r in runs
+              if r.experiment == run.experiment and r.kind == run.kind and r.metrics.get(key) is not None]
+    return round(100.0 * sum(values) / len(values), 4) if values else None
+
+
+def _label(run):
+    return run.experiment + ("" if run.kind == "full" else f" ({run.kind})")
+
+
+def _percent(value):
+    return None if value is None else round(100.0 * value, 4)
+
+
+def group_curves(chosen, out):
+    paths = []
+    for group in CURVE_GROUPS:
+        members = [chosen[name] for name in GROUPS[group] if name in chosen]
+        if not members:
+            continue
+        for key, ylabel in (("val_accuracy", "test accuracy (%)"), ("val_loss", "test cross-entropy loss")):
+            series = []
+            for index, run in enumerate(members):
+                scale = 100.0 if key == "val_accuracy" else 1.0
+                series.append({"label": _label(run), "x": [row["epoch"] + 1 for row in run.history],
+                               "y": [row.get(key) * scale if row.get(key) is not None else None
+                                     for row in run.history],
+                               "style": {"color": PALETTE[index % len(PALETTE)]}})
+            what = "accuracy" if key == "val_accuracy" else "loss"
+            paths.append(line_chart(
+                os.path.join(out, f"{group}_{what}.png"),
+                f"{group}: validation {what} per epoch", "epoch", ylabel, series))
+    return paths
+
+
+def progression_bars(runs, chosen, out):
+    members = [name for name in GROUPS["cnn_progression"] if name in chosen]
+    if not members:
+        return []
+    ours = [mean_percent(runs, chosen[name], "best_test_accuracy") for name in members]
+    paper = [EXPERIMENTS[name].paper_accuracy for name in members]
+    labels = [_label(chosen[name]).replace(" (", "\n(") for name in members]
+    return [bar_chart(os.path.join(out, "cnn_progression_best.png"),
+                      "CNN to ResNet (paper 004): best test accuracy", "test accuracy (%)", labels,
+                      [{"label": "ours (best epoch, mean over runs)", "y": ours, "color": COLORS["validation"]},
+                       {"label": "paper", "y": paper, "color": COLORS["paper"]}])]
+
+
+def noise_figures(runs, out):
+    noisy = {}
+    for run in runs:
+        if run.config.get("noise_kind") is not None:
+            key = (run.config["noise_kind"], run.config["noise_rate"])
+            if key not in noisy or (noisy[key].kind != "full" and run.kind == "full"):
+                noisy[key] = run
+    if not noisy:
+        return []
+    paths = []
+    series = []
+    for index, (kind, marker) in enumerate((("symmetric", "o"), ("asymmetric", "s"), ("pair", "^"),
+                                            ("uniform", "v"), ("symmetric_exact", "D"))):
+        points = sorted((rate, run) for (k, rate), run in noisy.items() if k == kind)
+        if not points:
+            continue
+        rates = [rate for rate, _ in points]
+        for which, style, face in (("best", "-", None), ("final", ":", "none")):
+            series.append({"label": f"{kind}, {which} epoch", "x": rates,
+                           "y": [_percent(run.metrics.get(f"{which}_test_accuracy")) for _, run in points],
+                           "style": {"marker": marker, "linestyle": style, "color": PALETTE[index],
+                                     "markerfacecolor": face}})
+    paths.append(line_chart(os.path.join(out, "noise_sweep.png"),
+                            "Label noise (ResNet-C, paper 004): test accuracy against noise rate",
+                            "noise rate (fraction of training labels changed)", "test accuracy (%)",
+                            series))
+    memorisation = []
+    for index, ((kind, rate), run) in enumerate(sorted(noisy.items())):
+        if rate == 0 or "flipped_true_accuracy" not in run.history[0]:
+            continue  # nothing was flipped
+        epochs = [row["epoch"] + 1 for row in run.history]
+        color = PALETTE[index % len(PALETTE)]
+        memorisation.append({"label": f"{kind} {rate}: true labels", "x": epochs,
+                             "y": [100 * row["flipped_true_accuracy"] for row in run.history],
+                             "style": {"color": color}})
+        memorisation.append({"label": f"{kind} {rate}: noisy labels", "x": epochs,
+                             "y": [100 * row["flipped_noisy_accuracy"] for row in run.history],
+                             "style": {"color": color, "linestyle": "--"}})
+    if memorisation:
+        paths.append(line_chart(
+            os.path.join(out, "noise_memorisation.png"),
+            "Memorisation: accuracy on the flipped training images", "epoch",
+            "accuracy on flipped images (%)", memorisation))
+    return paths
+
+
+def resnet5m_scatter(runs, chosen, out):
+    rows = [name for name in GROUPS["resnet5m_table"] if name in chosen]
+    if not rows:
+        return []
+    params = [chosen[name].metrics["trainable_params"] / 1e6 for name in rows]
+    return [line_chart(
+        os.path.join(out, "resnet5m_accuracy_vs_params.png"),
+        "ResNet5M (paper 001): accuracy against parameters", "trainable parameters (millions)",
+        "test accuracy (%)",
+        [{"label": "ours (best epoch, mean over runs)", "x": params,
+          "y": [mean_percent(runs, chosen[name], "best_test_accuracy") for name in rows],
+          "style": {"color": COLORS["validation"], "marker": "o", "linestyle": "none"}},
+         {"label": "paper", "x": params, "y": [EXPERIMENTS[name].paper_accuracy for name in rows],
+          "style": {"color": COLORS["paper"], "marker": "x", "linestyle": "none"}}])]
+
+
+def recipe_rates(recipe):
+    """The learning rate at the start of each epoch, from the recipe alone (None for
+    plateau, which depends on the run)."""
+    lr = recipe.optimizer["learning_rate"]
+    kind = recipe.schedule["kind"]
+    if kind == "plateau":
+        return None
+    if kind == "step_iterations":
+        steps_per_epoch = math.ceil((50000 - recipe.val_split) / recipe.batch_size)
+        rate = schedules.optimizer_learning_rate(recipe.schedule, lr)
+        return [float(rate(epoch * steps_per_epoch)) for epoch in range(recipe.epochs)]
+    return [schedules.lr_at(epoch, recipe.schedule, lr, recipe.epochs) for epoch in range(recipe.epochs)]
+
+
+def schedule_figures(out):
+    """Per paper, each distinct schedule once, labelled with the experiments that use it."""
+    paths = []
+    papers = {}
+    for recipe in EXPERIMENTS.values():
+        papers.setdefault(recipe.paper, []).append(recipe)
+    for paper, recipes in papers.items():
+        distinct = {}
+        for recipe in recipes:
+            rates = recipe_rates(recipe)
+            if rates is None:
+                continue
+            key = (json.dumps(recipe.schedule, sort_keys=True), recipe.optimizer["learning_rate"],
+                   recipe.batch_size, recipe.val_split)
+            names, longest = distinct.get(key, ([], None))
+            if longest is None or len(rates) > len(longest):
+                longest = rates
+            distinct[key] = (names + [recipe.name], longest)
+        series = []
+        for index, (names, rates) in enumerate(distinct.values()):
+            label = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
+            series.append({"label": label, "x": list(range(1, len(rates) + 1)), "y": rates,
+                           "style": {"color": PALETTE[index % len(PALETTE)],
+                                     "linestyle": LINESTYLES[index % len(LINESTYLES)]}})
+        if series:
+            paths.append(line_chart(os.path.join(out, f"lr_schedules_{paper}.png"),
+                                    f"Learning-rate schedules, paper {paper}", "epoch",
+                                    "learning rate (at epoch start)", series, log_y=True))
+    return paths
+
+
+def write_figures(runs, out):
+    chosen = representative(runs)
+    return (group_curves(chosen, out) + progression_bars(runs, chosen, out)
+            + noise_figures(runs, out) + resnet5m_scatter(runs, chosen, out) + schedule_figures(out))

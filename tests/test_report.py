@@ -1,0 +1,135 @@
+"""experiments/report.py on run records: one written by a real quick run, the
+others by a fixture that follows the record format field for field."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.recipes import EXPERIMENTS
+from training import record
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORT = os.path.join(ROOT, "experiments", "report.py")
+RUN = os.path.join(ROOT, "experiments", "run.py")
+
+
+def write_record(runs, name, run_id, best, final, epochs=None, quick=False, noise=None, seconds=60.0):
+    """A completed run record as training.engine writes it."""
+    recipe = EXPERIMENTS[name].to_dict()
+    epochs = epochs or recipe["epochs"]
+    folder = os.path.join(runs, name, run_id)
+    os.makedirs(folder)
+    config = {"experiment": name, "recipe": recipe, "seed": 0, "quick": quick,
+              "backend": "tensorflow", "device": "CPU (2 cores, x86_64)", "platform": "Linux"}
+    metrics = {"epochs_run": epochs, "recipe_epochs": epochs, "full_recipe_epochs": recipe["epochs"],
+               "best_test_accuracy": best, "final_test_accuracy": final, "best_val_accuracy": best,
+               "final_val_accuracy": final, "trainable_params": 1000, "validation_is_test": True,
+               "paper_accuracy": recipe["paper_accuracy"], "paper_source": recipe["paper_source"],
+               "train_seconds": seconds, "quick": quick}
+    columns = ["epoch", "accuracy", "loss", "lr", "seconds", "val_accuracy", "val_loss"]
+    if noise:
+        config.update(noise_kind=noise[0], noise_rate=noise[1])
+        metrics.update(noise_kind=noise[0], noise_rate=noise[1])
+        columns += ["flipped_true_accuracy", "flipped_noisy_accuracy"]
+    with open(os.path.join(folder, "history.csv"), "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(columns)
+        for epoch in range(epochs):
+            value = final * (epoch + 1) / epochs
+            row = {"epoch": epoch, "accuracy": value, "loss": 2 - value, "lr": 0.1, "seconds": 1.0,
+                   "val_accuracy": value, "val_loss": 2.5 - value,
+                   "flipped_true_accuracy": 0.5 - value / 4, "flipped_noisy_accuracy": value / 2}
+            writer.writerow([row[c] for c in columns])
+    record.write_json(os.path.join(folder, "config.json"), config)
+    record.write_json(os.path.join(folder, "metrics.json"), metrics)
+    record.write_status(folder, "completed")
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path, shared_cifar10):
+    runs = str(tmp_path / "runs")
+    quick = subprocess.run([sys.executable, RUN, "cnn_baseline", "--quick", "--data-dir",
+                            shared_cifar10, "--output-dir", runs], capture_output=True, text=True)
+    assert quick.returncode == 0, quick.stderr[-2000:]
+    write_record(runs, "cnn_baseline", "seed1", 0.70, 0.69)
+    write_record(runs, "cnn_baseline", "seed2", 0.72, 0.70)
+    write_record(runs, "resnet_step", "seed0", 0.93, 0.925)
+    write_record(runs, "resnet_deep", "seed0", 0.80, 0.79, epochs=30)  # --epochs 30
+    for kind, rate, best in (("symmetric", 0.0, 0.9), ("symmetric", 0.4, 0.8), ("asymmetric", 0.4, 0.85)):
+        write_record(runs, f"noisy_labels_{kind}{round(rate * 100)}", "seed0", best, best - 0.05,
+                     noise=(kind, rate))
+    write_record(runs, "resnet5m_row6", "seed0", 0.95, 0.949)
+    broken = write_record(runs, "cnn_vgg3", "seed0", 0.7, 0.7)
+    with open(os.path.join(broken, "metrics.json"), "w") as stream:
+        stream.write("{ half a file")
+    os.makedirs(os.path.join(runs, "cnn_dropout", "seed0"))  # no record at all
+    return runs
+
+
+def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
+    out = str(tmp_path / "reports")
+    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--out", out],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cnn_vgg3" in result.stderr and "cnn_dropout" in result.stderr
+    text = open(os.path.join(out, "RESULTS.md")).read()
+    rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
+            for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    # Two full seeds of cnn_baseline: mean ± std over n = 2; the gap against 68%.
+    full = rows["cnn_baseline/**full**"]
+    assert "| 2 |" in full and "71.00 ± 1.41" in full and "+3.00" in full
+    assert "quick" in rows["cnn_baseline/quick"] and rows["cnn_baseline/quick"].endswith("| tensorflow |")
+    assert "| - | " in rows["cnn_baseline/quick"]  # no gap for a quick run
+    assert "short: 30 of 100 epochs" in rows["resnet_deep/short: 30 of 100 epochs"]
+    assert "93.00" in rows["resnet_step/**full**"] and "-0.36" in rows["resnet_step/**full**"]
+    assert "## Paper 004" in text and "## Paper 001" in text
+    assert "cnn_vgg3" in text.split("## Skipped run folders")[1]
+
+    figures = os.path.join(out, "figures")
+    expected = {"cnn_progression_accuracy", "cnn_progression_loss", "cnn_progression_best",
+                "noise_sweep", "noise_memorisation", "resnet5m_accuracy_vs_params",
+                "lr_schedules_004", "lr_schedules_001", "lr_schedules_003", "lr_schedules_he2015"}
+    for name in expected:
+        assert os.path.getsize(os.path.join(figures, name + ".png")) > 1000, name
+
+    def data(name):
+        with open(os.path.join(figures, name + ".json")) as stream:
+            return {line["label"]: line for line in json.load(stream)["series"]}
+
+    def history(folder):
+        return record.read_history(os.path.join(runs, folder, "history.csv"))
+
+    # Figure data read back and compared with the records.
+    curves = data("cnn_progression_accuracy")
+    step = history("resnet_step/seed0")
+    assert curves["resnet_step"]["y"] == pytest.approx([100 * row["val_accuracy"] for row in step])
+    assert "resnet_deep (short: 30 of 100 epochs)" in curves
+    bars = data("cnn_progression_best")
+    assert bars["paper"]["y"][bars["paper"]["x"].index("resnet_step")] == 93.36
+    ours = bars["ours (best epoch, mean over runs)"]
+    assert ours["y"][ours["x"].index("resnet_step")] == pytest.approx(93.0)
+    assert ours["y"][ours["x"].index("cnn_baseline")] == pytest.approx(71.0)  # mean of 2 full runs
+    sweep = data("noise_sweep")
+    assert sweep["symmetric, best epoch"]["x"] == [0.0, 0.4]
+    assert sweep["symmetric, best epoch"]["y"] == pytest.approx([90.0, 80.0])
+    assert sweep["asymmetric, final epoch"]["y"] == pytest.approx([80.0])
+    memorised = data("noise_memorisation")["symmetric 0.4: noisy labels"]["y"]
+    assert memorised == pytest.approx(
+        [100 * row["flipped_noisy_accuracy"] for row in history("noisy_labels_symmetric40/seed0")])
+    rates = data("lr_schedules_004")["resnet_step"]["y"]
+    assert rates[51] == pytest.approx(0.1) and rates[52] == pytest.approx(0.01)
+    assert rates[77] == pytest.approx(0.001)
+
+
+def test_report_without_runs_still_writes_the_schedules(tmp_path):
+    out = str(tmp_path / "reports")
+    result = subprocess.run([sys.executable, REPORT, "--runs", str(tmp_path / "nothing"),
+                             "--out", out], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no such folder" in result.stderr
+    assert os.path.exists(os.path.join(out, "figures", "lr_schedules_000.png"))
