@@ -121,7 +121,8 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
     memorised = data("noise_memorisation")["symmetric 0.4: noisy labels"]["y"]
     assert memorised == pytest.approx(
         [100 * row["flipped_noisy_accuracy"] for row in history("noisy_labels_symmetric40/seed0")])
-    rates = data("lr_schedules_004")["resnet_step"]["y"]
+    schedules = data("lr_schedules_004")
+    rates = next(line for label, line in schedules.items() if label.startswith("resnet_step"))["y"]
     assert rates[51] == pytest.approx(0.1) and rates[52] == pytest.approx(0.01)
     assert rates[77] == pytest.approx(0.001)
 
