@@ -6,6 +6,7 @@ import os
 import time
 
 import keras
+import numpy as np
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -37,7 +38,13 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().__init__(self.temporary_path, **kwargs)
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
+        try:
+            super().on_epoch_end(epoch, logs)
+        except BaseException:
+            # A failed save (a full disk) leaves the last good checkpoint as it was.
+            if os.path.exists(self.temporary_path):
+                os.remove(self.temporary_path)
+            raise
         if os.path.exists(self.temporary_path):
             os.replace(self.temporary_path, self.final_path)
 
@@ -53,16 +60,42 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     the trainer drops on resume.
     """
 
+    def _seed_generators(self):
+        """Every layer's random-number state (Dropout's masks...), which
+        save_weights leaves out; restoring it makes a resumed run draw the masks
+        an uninterrupted one would."""
+        generators = {}
+        for layer in self.model._flatten_layers(include_self=False):
+            for index, generator in enumerate(getattr(layer, "_seed_generators", [])):
+                generators[f"{layer.name}/{index}"] = generator
+        return generators
+
+    @property
+    def _seed_path(self):
+        return os.path.join(self.backup_dir, "seed_states.npz")
+
+    def _load_model(self):
+        super()._load_model()
+        if os.path.exists(self._seed_path) and os.path.exists(self._training_metadata_path):
+            with np.load(self._seed_path) as saved:
+                for name, generator in self._seed_generators().items():
+                    if name in saved:
+                        generator.state.assign(saved[name])
+
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         partial_weights = self._weights_path.replace(".weights.h5", ".partial.weights.h5")
         self.model.save_weights(filepath=partial_weights, overwrite=True)
+        partial_seeds = self._seed_path.replace(".npz", ".partial.npz")
+        np.savez(partial_seeds, **{name: keras.ops.convert_to_numpy(generator.state)
+                                   for name, generator in self._seed_generators().items()})
         partial_metadata = self._training_metadata_path + ".partial"
         with open(partial_metadata, "w") as stream:
             json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial_weights, self._weights_path)
+        os.replace(partial_seeds, self._seed_path)
         os.replace(partial_metadata, self._training_metadata_path)
 
 

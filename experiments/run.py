@@ -40,6 +40,8 @@ def parse_args(argv):
     parser.add_argument("--run-id", help="run folder name (default: seed<N>[-quick])")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="edit the recipe, e.g. optimizer.learning_rate=0.05 (repeatable)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="op determinism: the same seed gives the same history (slower)")
     parser.add_argument("--quick", action="store_true",
                         help="2 epochs on a few hundred images: checks an install in about a minute")
     return parser.parse_args(argv)
@@ -134,6 +136,7 @@ def main(argv=None):
     except (LookupError, RecipeError) as error:
         return fail(str(error).strip("'\""), USAGE_ERROR)
     options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
+                         deterministic=args.deterministic,
                          data_dir=args.data_dir, quick=args.quick,
                          verbose=1 if sys.stdout.isatty() else 2)
     for index, recipe in enumerate(recipes, 1):

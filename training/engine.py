@@ -50,6 +50,7 @@ class RunOptions:
     seed: int = 0
     data_dir: str = None
     quick: bool = False
+    deterministic: bool = False  # seeded ops with op determinism (TensorFlow; see README)
     verbose: int = 1  # Keras progress bar
 
 
@@ -110,6 +111,19 @@ def _device():
     except Exception:  # a description only; never stop a run over it
         pass
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def _enable_determinism():
+    """Makes TensorFlow's ops deterministic (it also turns XLA off). JAX and
+    PyTorch on the CPU are deterministic for these networks once seeded."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _prepare_data(recipe, options):
@@ -190,6 +204,12 @@ def _compile(model, recipe, optimizer_spec, schedule):
     return base_lr
 
 
+def _last_epoch(history_path):
+    """The last epoch in history.csv, -1 if none."""
+    rows = record.read_history(history_path)
+    return rows[-1]["epoch"] if rows else -1
+
+
 def _check_existing(run_dir, config):
     """Refuses to mix a changed recipe into an existing run; says how to start fresh."""
     path = os.path.join(run_dir, "config.json")
@@ -199,7 +219,7 @@ def _check_existing(run_dir, config):
         saved = record.read_json(path)
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"{path} is unreadable ({error}); remove {run_dir} to start fresh.") from None
-    keys = ("recipe", "seed", "quick", "backend")
+    keys = ("recipe", "seed", "quick", "backend", "deterministic")
     changed = [key for key in keys if saved.get(key) != config[key]]
     if changed:
         detail = []
@@ -258,6 +278,7 @@ def train(recipe, options):
         "recipe": recipe.to_dict(),
         "seed": options.seed,
         "quick": options.quick,
+        "deterministic": options.deterministic,
         "backend": keras.backend.backend(),
         "versions": _versions(),
         "git_commit": record.git_commit(),
@@ -305,6 +326,8 @@ def train(recipe, options):
                                           data.num_classes)
 
     keras.utils.set_random_seed(options.seed)
+    if options.deterministic:
+        _enable_determinism()
     stages = _stages(recipe)
     head_path = os.path.join(run_dir, "head.keras")
     if recipe.transfer and os.path.exists(head_path):
@@ -345,7 +368,8 @@ def train(recipe, options):
         threshold = best_so_far[0] if best_so_far else None
 
         callback_list = [EpochSync(train_batches)]
-        callback_list += schedules.schedule_callbacks(schedule, base_lr, recipe.epochs)
+        callback_list += schedules.schedule_callbacks(schedule, base_lr, recipe.epochs,
+                                                      state_dir=backup_dir)
         callback_list += [
             EpochLog(),
             keras.callbacks.TerminateOnNaN(),
@@ -367,6 +391,12 @@ def train(recipe, options):
             record.write_status(run_dir, "interrupted",
                                 reason="stopped by Ctrl-C; rerun the same command to resume")
             raise
+        except OSError as error:  # a full disk or a vanished folder while saving
+            reason = (f"could not write {error.filename or 'a file'} "
+                      f"({error.strerror or error}) in epoch {_last_epoch(history_path) + 1}")
+            record.write_status(run_dir, "failed", reason=reason)
+            raise RunError(f"{recipe.name}: {reason}. The files written before are intact; "
+                           f"free space and rerun the same command to resume.") from None
         except Exception as error:
             record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
             raise

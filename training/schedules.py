@@ -26,7 +26,9 @@ kinds and their fields (lr = the recipe's optimizer learning rate):
   step_iterations  boundaries: optimizer steps; factor or values
 """
 
+import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -149,9 +151,46 @@ class TorchReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     torch reduces once the bad epochs *exceed* `patience`, Keras once they reach
     it, so torch's patience p is Keras's p + 1."""
 
-    def __init__(self, threshold=1e-4, patience=10, **kwargs):
+    def __init__(self, threshold=1e-4, patience=10, state_dir=None, **kwargs):
         super().__init__(min_delta=0.0, patience=patience + 1, **kwargs)
         self.threshold = threshold
+        # Its counters (best, bad epochs, cooldown) outlive a kill: saved per epoch
+        # next to BackupAndRestore's files and restored for the epoch it resumes at.
+        self.state_path = os.path.join(state_dir, "plateau_state.json") if state_dir else None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if not (self.state_path and os.path.exists(self.state_path)):
+            return
+        metadata = os.path.join(os.path.dirname(self.state_path), "training_metadata.json")
+        if not os.path.exists(metadata):
+            return
+        with open(metadata) as stream:
+            epoch = json.load(stream).get("epoch")
+        with open(self.state_path) as stream:
+            state = json.load(stream).get(str(epoch))
+        if state:
+            self.best, self.wait, self.cooldown_counter = (
+                state["best"], state["wait"], state["cooldown_counter"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if not self.state_path:
+            return
+        states = {}
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as stream:
+                states = json.load(stream)
+        # Keyed by epochs done; the last two cover a kill between this write and the backup's.
+        best = None if self.best is None else float(self.best)
+        states[str(epoch + 1)] = {"best": best, "wait": self.wait,
+                                  "cooldown_counter": self.cooldown_counter}
+        states = {key: states[key] for key in sorted(states, key=int)[-2:]}
+        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
+        temporary = self.state_path + ".partial"
+        with open(temporary, "w") as stream:
+            json.dump(states, stream)
+        os.replace(temporary, self.state_path)
 
     def _is_improvement(self, current, best):
         if best is None:
@@ -161,7 +200,8 @@ class TorchReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         return current < best * (1 - self.threshold)
 
 
-def schedule_callbacks(spec, base_lr, epochs):
+def schedule_callbacks(spec, base_lr, epochs, state_dir=None):
+    """The callbacks that apply `spec`; state_dir keeps the plateau counters for resumes."""
     kind = spec["kind"]
     if kind == "onecycle":
         return [OneCycle(spec, epochs)]
@@ -170,6 +210,7 @@ def schedule_callbacks(spec, base_lr, epochs):
             monitor=spec.get("monitor", "val_loss"), factor=spec.get("factor", 0.1),
             patience=spec.get("patience", 10), threshold=spec.get("threshold", 1e-4),
             cooldown=spec.get("cooldown", 0), min_lr=spec.get("min_lr", 0.0), verbose=1,
+            state_dir=state_dir,
         )]
     if kind in ("constant", "step_iterations"):
         return []
