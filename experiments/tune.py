@@ -1,0 +1,336 @@
+"""KerasTuner searches over the suite's recipes.
+
+    python experiments/tune.py SEARCH [--tuner random|bayesian|hyperband] [--max-trials N]
+        [--epochs N] [--directory searches/] [--data-dir P] [--quick] [--workers N] [--seed N]
+    python experiments/tune.py --list
+
+Each trial is a run of the search's base experiment with the trial's edits,
+through the same engine as run.py (its run record lands in
+<directory>/<search>/runs/). KerasTuner's oracle and project files live in
+<directory>/<search>/; rerunning the same command resumes: finished trials are
+kept and an interrupted one continues from its last finished epoch.
+
+Outputs in <directory>/<search>/: results.json (every trial), best.keras,
+best_command.txt (the run.py command that trains the best configuration in
+full), and plots (score by trial, accuracy against parameters, each
+hyperparameter against the score).
+"""
+
+import argparse
+import difflib
+import gc
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from training.search import SEARCHES  # noqa: E402
+
+TUNERS = ("random", "bayesian", "hyperband")
+USAGE_ERROR, RUN_ERROR = 2, 1
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="KerasTuner searches over the suite's recipes.")
+    parser.add_argument("search", nargs="?", help="search name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the searches")
+    parser.add_argument("--tuner", default="random", choices=TUNERS)
+    parser.add_argument("--max-trials", type=int, default=20,
+                        help="trials to run (random, bayesian); hyperband sizes itself")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (hyperband: the maximum)")
+    parser.add_argument("--directory", default=os.path.join(ROOT, "searches"))
+    parser.add_argument("--data-dir", help="local CIFAR copy: folder or .tar.gz")
+    parser.add_argument("--quick", action="store_true", help="each trial as run.py --quick")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run N worker processes against a chief oracle on this machine")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="edit the base recipe for every trial, as run.py's --set")
+    return parser.parse_args(argv)
+
+
+def fail(message, code):
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def search_dir(args):
+    return os.path.join(args.directory, args.search)
+
+
+def make_tuner(args):
+    """The KerasTuner tuner for `args`: the project's oracle, a run_trial that trains
+    through the suite's engine."""
+    import keras
+    import keras_tuner
+
+    from data.cifar import DataError
+    from experiments.recipes import EXPERIMENTS
+    from models import build_model, count_params
+    from training import record
+    from training.engine import RunError, RunOptions, train
+    from training.recipe import RecipeError, apply_override
+
+    search = SEARCHES[args.search]
+    base = EXPERIMENTS[search.base]
+    for edit in args.set:
+        base = apply_override(base, edit)
+    objective = keras_tuner.Objective("val_accuracy", direction="max")
+    epochs = args.epochs or (2 if args.quick else base.epochs)
+    if args.tuner == "hyperband":
+        oracle = keras_tuner.oracles.HyperbandOracle(objective, max_epochs=epochs, factor=3,
+                                                     hyperband_iterations=1, seed=args.seed)
+    elif args.tuner == "bayesian":
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(
+            objective, max_trials=args.max_trials, seed=args.seed)
+    else:
+        oracle = keras_tuner.oracles.RandomSearchOracle(objective, max_trials=args.max_trials,
+                                                        seed=args.seed)
+    runs_dir = os.path.join(search_dir(args), "runs")
+
+    class Space(keras_tuner.HyperModel):
+        """Declares the search space; trials train through run_trial, not this model."""
+
+        def build(self, hp):
+            search.define(hp)
+            return keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+
+    class SuiteTuner(keras_tuner.Tuner):
+        started = time.time()
+
+        def run_trial(self, trial, *fit_args, **fit_kwargs):
+            hp = trial.hyperparameters
+            edits = search.define(hp)
+            if "tuner/epochs" in hp.values:
+                edits.append(f"epochs={hp.values['tuner/epochs']}")
+            elif args.epochs:
+                edits.append(f"epochs={args.epochs}")
+            recipe = base
+            for edit in edits:
+                recipe = apply_override(recipe, edit)
+            run_dir = os.path.join(runs_dir, recipe.name, f"trial_{trial.trial_id}")
+            os.makedirs(run_dir, exist_ok=True)
+            model = build_model(recipe.model, 10, **recipe.model_args)
+            params = count_params(model)[0]
+            del model
+            keras.backend.clear_session()
+            info = {"trial_id": trial.trial_id, "edits": edits, "trainable_params": params}
+            if search.budget and params > search.budget:
+                # Rejected before training: recorded, and scored as the worst result so
+                # the oracle learns the region, but not a failure.
+                record.write_json(os.path.join(run_dir, "trial.json"),
+                                  {**info, "status": "over_budget"})
+                return {"val_accuracy": 0.0}
+            record.write_json(os.path.join(run_dir, "trial.json"), {**info, "status": "running"})
+            try:
+                metrics = train(recipe, RunOptions(output_dir=runs_dir, run_id=f"trial_{trial.trial_id}",
+                                                   seed=args.seed, data_dir=args.data_dir,
+                                                   quick=args.quick, verbose=0))
+            except (DataError, RecipeError, RunError) as error:
+                raise keras_tuner.errors.FatalError(str(error)) from None
+            finally:
+                keras.backend.clear_session()  # memory stays flat across trials
+                gc.collect()
+            record.write_json(os.path.join(run_dir, "trial.json"), {**info, "status": "completed"})
+            return {"val_accuracy": metrics["best_val_accuracy"]}
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            # Counted from the trial records, so that workers of a distributed search
+            # (whose oracle is a client of the chief's) report the whole search.
+            finished = sum(1 for t in collect_results(args) if t["status"] != "running")
+            best = self.oracle.get_best_trials(1)
+            total = args.max_trials if args.tuner != "hyperband" else "?"
+            score = self.oracle.get_trial(trial.trial_id).score
+            print(f"[{self.tuner_id}] trial {finished} of {total} done: score {score}, "
+                  f"best so far {best[0].score if best else None}, "
+                  f"elapsed {time.time() - self.started:.0f} s", flush=True)
+            if os.environ.get("KERASTUNER_TUNER_ID") is None:
+                write_outputs(args)
+
+    return SuiteTuner(oracle=oracle, hypermodel=Space(), directory=args.directory,
+                      project_name=args.search, overwrite=False)
+
+
+def collect_results(args):
+    """Every trial from KerasTuner's project files joined with its run record."""
+    from training import record
+
+    folder = search_dir(args)
+    search = SEARCHES[args.search]
+    trials = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, "trial.json")
+        if not (name.startswith("trial_") and os.path.exists(path)):
+            continue
+        saved = record.read_json(path)
+        trial_id = saved["trial_id"]
+        run_dir = os.path.join(folder, "runs", search.base, f"trial_{trial_id}")
+        info = record.read_json(os.path.join(run_dir, "trial.json")) if os.path.exists(
+            os.path.join(run_dir, "trial.json")) else {}
+        metrics = record.read_json(os.path.join(run_dir, "metrics.json")) if os.path.exists(
+            os.path.join(run_dir, "metrics.json")) else {}
+        status = info.get("status") or saved.get("status", "").lower()
+        if saved.get("status") in ("FAILED", "INVALID"):
+            status = "failed"
+        trials.append({
+            "trial_id": trial_id,
+            "hyperparameters": {k: v for k, v in saved["hyperparameters"]["values"].items()},
+            "score": saved.get("score") if status == "completed" else None,
+            "trainable_params": info.get("trainable_params"),
+            "epochs": metrics.get("epochs_run"),
+            "seconds": metrics.get("train_seconds"),
+            "status": status,
+            "edits": info.get("edits", []),
+            "run_dir": run_dir,
+        })
+    return trials
+
+
+def write_outputs(args):
+    """results.json, best.keras, best_command.txt and the plots, from the files alone."""
+    from plots.style import COLORS, line_chart
+    from training import record
+
+    folder = search_dir(args)
+    search = SEARCHES[args.search]
+    trials = collect_results(args)
+    record.write_json(os.path.join(folder, "results.json"),
+                      {"search": args.search, "base": search.base, "tuner": args.tuner,
+                       "budget": search.budget, "quick": args.quick, "trials": trials})
+    completed = [t for t in trials if t["status"] == "completed" and t["score"] is not None]
+    if not completed:
+        return None
+    best = max(completed, key=lambda t: t["score"])
+    source = os.path.join(best["run_dir"], "best.keras")
+    if os.path.exists(source):
+        partial = os.path.join(folder, ".best.partial.keras")
+        shutil.copyfile(source, partial)
+        os.replace(partial, os.path.join(folder, "best.keras"))
+    command = "python experiments/run.py " + search.base + "".join(
+        f" --set '{edit}'" for edit in list(args.set) + best["edits"]
+        if not edit.startswith("epochs="))
+    record.atomic_write_text(os.path.join(folder, "best_command.txt"), command + "\n")
+    order = sorted(completed, key=lambda t: int(t["trial_id"]) if t["trial_id"].isdigit() else 0)
+    line_chart(os.path.join(folder, "score_by_trial.png"), f"{args.search}: score by trial",
+               "trial", "best validation accuracy",
+               [{"label": "trial", "x": [t["trial_id"] for t in order], "y": [t["score"] for t in order],
+                 "style": {"marker": "o", "linestyle": "none", "color": COLORS["validation"]}}])
+    line_chart(os.path.join(folder, "accuracy_vs_params.png"),
+               f"{args.search}: accuracy against parameters"
+               + (f" (budget {search.budget:,})" if search.budget else ""),
+               "trainable parameters (millions)", "best validation accuracy",
+               [{"label": "trials", "x": [t["trainable_params"] / 1e6 for t in completed],
+                 "y": [t["score"] for t in completed],
+                 "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
+               vlines=[(search.budget / 1e6, "budget", COLORS["best"])] if search.budget else ())
+    names = sorted({k for t in completed for k in t["hyperparameters"] if not k.startswith("tuner/")})
+    for name in names:
+        points = [(t["hyperparameters"][name], t["score"]) for t in completed
+                  if name in t["hyperparameters"]]
+        x = [str(v) if isinstance(v, (str, bool)) else v for v, _ in points]
+        line_chart(os.path.join(folder, f"hp_{name}.png"), f"{args.search}: {name} against score",
+                   name, "best validation accuracy",
+                   [{"label": "trials", "x": x, "y": [s for _, s in points],
+                     "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}])
+    return best
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_distributed(args, argv):
+    """A chief oracle and `args.workers` workers on this machine (loopback)."""
+    port = str(free_port())
+    child_args = [a for a in argv if not a.startswith("--workers")]
+    if "--workers" in argv:
+        index = argv.index("--workers")
+        child_args = argv[:index] + argv[index + 2:]
+    base_env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+    command = [sys.executable, os.path.abspath(__file__), *child_args]
+    chief = subprocess.Popen(command, env={**base_env, "KERASTUNER_TUNER_ID": "chief"})
+    time.sleep(3)  # let the chief open its port
+    workers = [subprocess.Popen(command, env={**base_env, "KERASTUNER_TUNER_ID": f"tuner{i}"})
+               for i in range(args.workers)]
+    codes = [worker.wait() for worker in workers]
+    try:
+        chief.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        chief.terminate()
+    if any(codes):
+        return fail(f"a worker exited with {codes}; rerun the same command to resume.", RUN_ERROR)
+    return None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.list:
+        for search in SEARCHES.values():
+            budget = f", budget {search.budget:,} parameters" if search.budget else ""
+            print(f"{search.name:24s} base {search.base}{budget}: {search.description}")
+        return 0
+    if args.search not in SEARCHES:
+        close = difflib.get_close_matches(args.search or "", list(SEARCHES), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return fail(f"unknown search {args.search!r}.{hint} Searches: {', '.join(SEARCHES)}.",
+                    USAGE_ERROR)
+    for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs or 1)):
+        if value < 1:
+            return fail(f"{flag} must be at least 1; got {value}.", USAGE_ERROR)
+    if args.workers < 0:
+        return fail(f"--workers must be >= 0; got {args.workers}.", USAGE_ERROR)
+    from experiments.recipes import EXPERIMENTS
+    from training.recipe import RecipeError, apply_override
+
+    try:
+        base = EXPERIMENTS[SEARCHES[args.search].base]
+        for edit in args.set:
+            base = apply_override(base, edit)
+    except RecipeError as error:
+        return fail(str(error), USAGE_ERROR)
+    os.makedirs(search_dir(args), exist_ok=True)
+    if args.workers:
+        failure = run_distributed(args, argv)
+        if failure is not None:
+            return failure
+    else:
+        import keras_tuner
+
+        tuner = make_tuner(args)
+        try:
+            tuner.search()
+        except keras_tuner.errors.FatalError as error:
+            return fail(str(error), RUN_ERROR)
+        except KeyboardInterrupt:
+            return fail("interrupted; rerun the same command to resume.", 130)
+        if os.environ.get("KERASTUNER_TUNER_ID"):
+            return 0  # a chief or worker of a distributed search; the parent reports
+    best = write_outputs(args)
+    trials = collect_results(args)
+    if best is None:
+        over = sum(t["status"] == "over_budget" for t in trials)
+        if trials and over == len(trials):
+            return fail(f"all {over} configurations were over the {SEARCHES[args.search].budget:,}"
+                        "-parameter budget, so nothing was trained; narrow the search space "
+                        "(fewer blocks or smaller widths).", RUN_ERROR)
+        return fail("no trial completed; see the trial folders for the reasons.", RUN_ERROR)
+    print(f"{args.search}: {len(trials)} trials; best {best['score']:.4f} (trial {best['trial_id']}, "
+          f"{best['trainable_params']:,} parameters). Train it in full with:\n  "
+          + open(os.path.join(search_dir(args), "best_command.txt")).read().strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

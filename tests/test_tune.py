@@ -1,0 +1,133 @@
+"""experiments/tune.py: KerasTuner searches through the suite's engine, on tiny
+synthetic CIFAR files. The optimizer search (ResNet-20) keeps trials short."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from training.search import SEARCHES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUNE = os.path.join(ROOT, "experiments", "tune.py")
+# Tiny trials: one quick epoch, and paper 004's one-block CNN in place of ResNet-20
+# (the search space, the oracle and the engine are the same).
+FAST = ["--quick", "--epochs", "1", "--set", 'model="kth_vgg1"']
+
+
+def tune(*args, timeout=900):
+    return subprocess.run([sys.executable, TUNE, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def results(directory, search="optimizer"):
+    with open(os.path.join(directory, search, "results.json")) as stream:
+        return json.load(stream)["trials"]
+
+
+@pytest.mark.parametrize("tuner", ["random", "bayesian", "hyperband"])
+def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_path, tuner):
+    directory = str(tmp_path)
+    fast = FAST if tuner != "hyperband" else [*FAST[:2], "3", *FAST[3:]]  # 2 brackets
+    result = tune("optimizer", "--tuner", tuner, "--max-trials", "3", *fast,
+                  "--data-dir", shared_cifar10, "--directory", directory)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "best so far" in result.stdout and "Train it in full with" in result.stdout
+    trials = results(directory)
+    assert len(trials) >= (3 if tuner != "hyperband" else 2)
+    assert all(t["status"] == "completed" and 0 <= t["score"] <= 1 for t in trials)
+    assert len({t["trainable_params"] for t in trials}) == 1  # one fixed network
+    folder = os.path.join(directory, "optimizer")
+    import keras
+
+    best = keras.models.load_model(os.path.join(folder, "best.keras"), compile=False)
+    assert best.count_params() > 0
+    for name in ("score_by_trial.png", "accuracy_vs_params.png", "hp_optimizer.png"):
+        assert os.path.getsize(os.path.join(folder, name)) > 1000
+    # The best configuration trains with run.py as written.
+    from experiments.recipes import EXPERIMENTS
+    from training.recipe import apply_override
+
+    command = open(os.path.join(folder, "best_command.txt")).read()
+    assert command.startswith("python experiments/run.py resnet20 --set 'model=\"kth_vgg1\"' "
+                              "--set 'optimizer.name=")
+    recipe = apply_override(EXPERIMENTS["resnet20"], 'model="kth_vgg1"')
+    best_trial = max(trials, key=lambda t: t["score"])
+    for edit in best_trial["edits"]:
+        recipe = apply_override(recipe, edit)
+    assert recipe.optimizer["name"] == best_trial["hyperparameters"]["optimizer"]
+
+
+def test_budget_rejects_configurations_before_training(tmp_path):
+    """Every configuration of a space made only of large networks is rejected before
+    training, and the search ends with a clear message."""
+    directory = str(tmp_path)
+    code = (
+        "import sys, runpy\n"
+        "import training.search as s\n"
+        "def big(hp):\n"
+        "    return ['model_args.widths=[256, 512, 1024, 1024]', "
+        "'model_args.dropout=' + str(hp.Choice('dropout', [0.0, 0.1]))]\n"
+        "s.SEARCHES['resnet_budget'] = s.Search('resnet_budget', 'resnet5m_row6', big, s.BUDGET)\n"
+        f"sys.argv = [{TUNE!r}, 'resnet_budget', '--max-trials', '2', '--quick', "
+        f"'--data-dir', '/nonexistent', '--directory', {directory!r}]\n"
+        f"runpy.run_path({TUNE!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "over the 5,000,000-parameter budget" in result.stderr
+    trials = results(directory, "resnet_budget")
+    assert trials and all(t["status"] == "over_budget" and t["trainable_params"] > 5_000_000
+                          for t in trials)
+    # Nothing trained: no run record was started for any trial.
+    for trial in trials:
+        assert not os.path.exists(os.path.join(trial["run_dir"], "history.csv"))
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(shared_cifar10, tmp_path):
+    directory = str(tmp_path)
+    args = [sys.executable, TUNE, "optimizer", "--max-trials", "4", *FAST,
+            "--data-dir", shared_cifar10, "--directory", directory]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results_path = os.path.join(directory, "optimizer", "results.json")
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(results_path) and sum(
+                t["status"] == "completed" for t in results(directory)) >= 2:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {t["trial_id"]: t for t in results(directory) if t["status"] == "completed"}
+    assert len(finished) >= 2
+    stamps = {tid: os.path.getmtime(os.path.join(t["run_dir"], "metrics.json"))
+              for tid, t in finished.items()}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = results(directory)
+    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials)
+    for tid, stamp in stamps.items():  # finished trials were not trained again
+        assert os.path.getmtime(os.path.join(finished[tid]["run_dir"], "metrics.json")) == stamp
+
+
+def test_two_workers_share_the_trials(shared_cifar10, tmp_path):
+    directory = str(tmp_path)
+    result = tune("optimizer", "--max-trials", "4", "--workers", "2", *FAST,
+                  "--data-dir", shared_cifar10, "--directory", directory)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = results(directory)
+    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials)
+    ids = [t["trial_id"] for t in trials]
+    assert len(set(ids)) == 4
+    edits = [tuple(t["edits"]) for t in trials]
+    assert len(set(edits)) == len(edits)  # no configuration ran twice
+
+
+def test_unknown_search_suggests_names():
+    result = tune("optimiser")
+    assert result.returncode == 2 and "Did you mean: optimizer" in result.stderr

@@ -1,0 +1,82 @@
+"""KerasTuner search spaces over the suite's recipes.
+
+A search names a base experiment and a function that declares hyperparameters
+on a `keras_tuner.HyperParameters` and returns the recipe edits they mean, as
+the `--set key=value` strings run.py takes. A trial is then an ordinary run of
+the edited recipe (same data, engine and run record), and the best trial's
+edits are a command that trains it in full.
+"""
+
+import dataclasses
+import json
+
+BUDGET = 5_000_000  # trainable parameters: the competition the papers entered
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    name: str
+    base: str  # the experiment whose recipe the edits change
+    define: object  # hp -> list of "key=value" edits
+    budget: int = None  # maximum trainable parameters; None: no limit
+    description: str = ""
+
+
+def _set(key, value):
+    return f"{key}={json.dumps(value)}"
+
+
+def resnet_budget(hp):
+    """Paper 001's 4-stage ResNet family: block type, blocks and width per stage, dropout."""
+    types, blocks, widths = [], [], []
+    for stage in range(4):
+        types.append(hp.Choice(f"block_type_{stage + 1}", ["basic", "bottleneck"]))
+        blocks.append(hp.Int(f"blocks_{stage + 1}", 1, 4))
+        widths.append(hp.Choice(f"width_{stage + 1}", [32, 64, 96, 128, 192, 256]))
+    dropout = hp.Float("dropout", 0.0, 0.3, step=0.1)
+    return [_set("model_args.block_types", types), _set("model_args.blocks", blocks),
+            _set("model_args.widths", widths), _set("model_args.dropout", round(dropout, 4))]
+
+
+def kth_regularization(hp):
+    """Paper 004's ResNet-B: dropout, L2 strength, initial learning rate, batch size."""
+    return [_set("model_args.dropout", round(hp.Float("dropout", 0.0, 0.5, step=0.1), 4)),
+            _set("model_args.l2", hp.Float("l2", 1e-5, 1e-2, sampling="log")),
+            _set("optimizer.learning_rate", hp.Float("learning_rate", 1e-3, 0.3, sampling="log")),
+            _set("batch_size", hp.Choice("batch_size", [32, 64, 128, 256]))]
+
+
+def optimizer(hp):
+    """SGD (log learning rate, momentum, Nesterov), Adam, Adagrad or RMSprop on ResNet-20,
+    each with PyTorch's coupled weight decay 1e-4 as the base recipe has."""
+    name = hp.Choice("optimizer", ["sgd", "adam", "adagrad", "rmsprop"])
+    edits = [_set("optimizer.name", name)]
+    with hp.conditional_scope("optimizer", ["sgd"]):
+        if name == "sgd":
+            edits += [_set("optimizer.learning_rate", hp.Float("sgd_learning_rate", 1e-3, 0.3, sampling="log")),
+                      _set("optimizer.momentum", round(hp.Float("momentum", 0.0, 0.95, step=0.05), 4)),
+                      _set("optimizer.nesterov", hp.Boolean("nesterov"))]
+    with hp.conditional_scope("optimizer", ["adam", "adagrad", "rmsprop"]):
+        if name != "sgd":
+            edits += [_set("optimizer.learning_rate",
+                           hp.Float("adaptive_learning_rate", 1e-4, 1e-2, sampling="log")),
+                      _set("optimizer.momentum", 0.0)]
+    return edits
+
+
+def mobilenetv2_expansion(hp):
+    """Paper 000's MobileNetV2: the expansion factor and the second row's stride."""
+    stride = hp.Choice("row2_stride", [1, 2])
+    return [_set("model_args.expansion", hp.Int("expansion", 1, 8)),
+            _set("model_args.row_strides", [1, stride, 2, 2, 1, 2, 1])]
+
+
+SEARCHES = {search.name: search for search in (
+    Search("resnet_budget", "resnet5m_row6", resnet_budget, BUDGET,
+           "paper 001's ResNet family under 5M trainable parameters"),
+    Search("kth_regularization", "resnet_step", kth_regularization, None,
+           "paper 004's ResNet-B regularisation and learning rate"),
+    Search("optimizer", "resnet20", optimizer, None, "optimizers on a fixed ResNet-20"),
+    Search("mobilenetv2_expansion", "mobilenetv2", mobilenetv2_expansion, BUDGET,
+           "paper 000's expansion factor and second-row stride"),
+)}
