@@ -10,8 +10,6 @@ import time
 
 import pytest
 
-from training.search import SEARCHES
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = os.path.join(ROOT, "experiments", "tune.py")
 # Tiny trials: one quick epoch, and paper 004's one-block CNN in place of ResNet-20
