@@ -42,6 +42,11 @@ def parse_args(argv):
                         help="edit the recipe, e.g. optimizer.learning_rate=0.05 (repeatable)")
     parser.add_argument("--deterministic", action="store_true",
                         help="op determinism: the same seed gives the same history (slower)")
+    parser.add_argument("--distribute", default="none",
+                        choices=("none", "mirrored", "multi-worker", "data-parallel"),
+                        help="data-parallel training: TensorFlow's MirroredStrategy / "
+                             "MultiWorkerMirroredStrategy (TF_CONFIG), or keras.distribution."
+                             "DataParallel on JAX; --batch-size stays the global batch")
     parser.add_argument("--quick", action="store_true",
                         help="2 epochs on a few hundred images: checks an install in about a minute")
     return parser.parse_args(argv)
@@ -136,7 +141,7 @@ def main(argv=None):
     except (LookupError, RecipeError) as error:
         return fail(str(error).strip("'\""), USAGE_ERROR)
     options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
-                         deterministic=args.deterministic,
+                         deterministic=args.deterministic, distribute=args.distribute,
                          data_dir=args.data_dir, quick=args.quick,
                          verbose=1 if sys.stdout.isatty() else 2)
     for index, recipe in enumerate(recipes, 1):

@@ -35,6 +35,7 @@ from data.pipeline import CifarBatches, EpochSync
 from models import build_model, count_params
 from plots.run_plots import write_run_plots
 from training import record, schedules, transfer
+from training.distribute import DistributeError, placement as make_placement
 from training.optimizers import build_optimizer
 from training.recipe import RecipeError, validate
 
@@ -51,6 +52,7 @@ class RunOptions:
     data_dir: str = None
     quick: bool = False
     deterministic: bool = False  # seeded ops with op determinism (TensorFlow; see README)
+    distribute: str = "none"  # none | mirrored | multi-worker | data-parallel (training/distribute.py)
     verbose: int = 1  # Keras progress bar
 
 
@@ -88,7 +90,7 @@ def _versions():
     return versions
 
 
-def _device():
+def device_description():
     """What the backend computes on, in words (for the run record and reports)."""
     backend = keras.backend.backend()
     try:
@@ -151,7 +153,7 @@ def _evaluation_batches(recipe, normalizer, images, labels, num_classes):
     return CifarBatches(images, labels, num_classes, recipe.eval_batch_size, normalize=normalizer)
 
 
-def _batches(recipe, options, normalizer, train, val, num_classes):
+def training_batches(recipe, options, normalizer, train, val, num_classes):
     """Training and validation PyDatasets; 'before' normalisation is done once here."""
     x_train, y_train = train
     before = normalizer.stage == "before"
@@ -189,7 +191,7 @@ def _stages(recipe):
     return [stage for stage in stages if stage[2] > stage[1]]
 
 
-def _compile(model, recipe, optimizer_spec, schedule):
+def compile_model(model, recipe, optimizer_spec, schedule):
     optimizer_spec = dict(optimizer_spec)
     base_lr = optimizer_spec.pop("learning_rate")
     model.compile(
@@ -272,6 +274,15 @@ def train(recipe, options):
     if options.quick:
         recipe = quick_recipe(recipe)
     validate(recipe)
+    # First: TensorFlow's strategies must exist before its devices are initialised.
+    try:
+        placement = make_placement(options.distribute)
+        placement.check_batch(recipe.batch_size)
+    except DistributeError as error:
+        raise RunError(str(error)) from None
+    if not placement.is_chief:  # a multi-worker run's record is the chief's; workers keep their own
+        options = dataclasses.replace(options, output_dir=os.path.join(
+            options.output_dir, ".workers", f"worker{placement.worker_index}"))
     run_dir = run_directory(recipe, options)
     config = {
         "experiment": recipe.name,
@@ -284,7 +295,8 @@ def train(recipe, options):
         "git_commit": record.git_commit(),
         "command": " ".join(sys.argv),
         "host": platform.node(),
-        "device": _device(),
+        "device": device_description(),
+        **placement.describe(),
         "platform": platform.platform(),
     }
     status = _check_existing(run_dir, config)
@@ -322,21 +334,22 @@ def train(recipe, options):
     record.write_json(os.path.join(run_dir, "config.json"), config)
 
     normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
-    train_batches, val_batches = _batches(recipe, options, normalizer, train_split, val_split,
-                                          data.num_classes)
+    train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
+                                                  val_split, data.num_classes)
 
     keras.utils.set_random_seed(options.seed)
     if options.deterministic:
         _enable_determinism()
     stages = _stages(recipe)
     head_path = os.path.join(run_dir, "head.keras")
-    if recipe.transfer and os.path.exists(head_path):
-        model = keras.models.load_model(head_path, compile=False)
-        stages = [stage for stage in stages if stage[0] != "head"]
-    elif recipe.transfer:
-        model = transfer.transfer_model(source_path, data.num_classes)
-    else:
-        model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+    with placement.scope():  # variables are created (mirrored or sharded) by the strategy
+        if recipe.transfer and os.path.exists(head_path):
+            model = keras.models.load_model(head_path, compile=False)
+            stages = [stage for stage in stages if stage[0] != "head"]
+        elif recipe.transfer:
+            model = transfer.transfer_model(source_path, data.num_classes)
+        else:
+            model = build_model(recipe.model, data.num_classes, **recipe.model_args)
     transfer.set_backbone_trainable(model, True)
     params = count_params(model)
 
@@ -355,7 +368,9 @@ def train(recipe, options):
     for stage_name, first_epoch, end_epoch, optimizer_spec, schedule, backup_name in stages:
         if recipe.transfer:
             transfer.set_backbone_trainable(model, stage_name != "head")
-        base_lr = _compile(model, recipe, optimizer_spec, schedule)
+        with placement.scope():
+            base_lr = compile_model(model, recipe, optimizer_spec, schedule)
+        placement.prepare(model)
         backup_dir = os.path.join(run_dir, backup_name)
         done = first_epoch
         metadata = os.path.join(backup_dir, "training_metadata.json")
@@ -384,9 +399,10 @@ def train(recipe, options):
             AtomicBackupAndRestore(backup_dir),
         ]
         try:
-            model.fit(train_batches, validation_data=val_batches, initial_epoch=first_epoch,
-                      epochs=end_epoch, callbacks=callback_list, shuffle=False,
-                      verbose=options.verbose)
+            with placement.scope():
+                model.fit(train_batches, validation_data=val_batches, initial_epoch=first_epoch,
+                          epochs=end_epoch, callbacks=callback_list, shuffle=False,
+                          verbose=options.verbose)
         except KeyboardInterrupt:
             record.write_status(run_dir, "interrupted",
                                 reason="stopped by Ctrl-C; rerun the same command to resume")
