@@ -11,7 +11,6 @@ the previous step runs). Writes JSON and a markdown table into reports/.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys

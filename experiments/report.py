@@ -11,7 +11,6 @@ or corrupt record is named and skipped.
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -21,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from experiments.recipes import EXPERIMENTS, GROUPS  # noqa: E402
+from experiments.recipes import EXPERIMENTS  # noqa: E402
 from training import record  # noqa: E402
 
 PAPERS = {

@@ -1,0 +1,37 @@
+"""The PyTorch twin that benchmarks/throughput.py times: for each benchmarked
+network, the same trainable parameter count and, with the Keras weights
+copied in, the same logits (which pins padding, strides and layer order)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks.throughput import DEFAULT_MODELS  # noqa: E402
+from benchmarks.torch_port import TorchPort, copy_weights, l2_groups, parameter_count  # noqa: E402
+from experiments.recipes import EXPERIMENTS  # noqa: E402
+from models import build_model, count_params  # noqa: E402
+
+
+@pytest.mark.parametrize("experiment", DEFAULT_MODELS)
+def test_port_has_the_parameters_and_the_logits_of_the_keras_network(experiment):
+    recipe = EXPERIMENTS[experiment]
+    model = build_model(recipe.model, 10, **recipe.model_args)
+    port = copy_weights(TorchPort(model), model).eval()
+    assert parameter_count(port) == count_params(model)[0]
+    images = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    with torch.no_grad():
+        got = port(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_keras_l2_becomes_coupled_weight_decay_on_those_kernels():
+    model = build_model("kth_resnet_b", 10)
+    port = TorchPort(model)
+    groups = l2_groups(port, model)
+    decayed = {group["weight_decay"]: len(group["params"]) for group in groups[1:]}
+    regularised = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None)]
+    assert sum(decayed.values()) == len(regularised) > 0
+    assert set(decayed) == {2 * float(layer.kernel_regularizer.l2) for layer in regularised}
+    assert sum(len(group["params"]) for group in groups) == len(list(port.parameters()))
