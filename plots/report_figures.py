@@ -182,7 +182,42 @@ def schedule_figures(out):
     return paths
 
 
-def write_figures(runs, out):
+def pareto_frontier(points):
+    """(params, score) points -> the frontier: the best score reached at or under each
+    parameter count, as a step line through the trials that raise it."""
+    frontier, best = [], None
+    for params, score in sorted(points):
+        if best is None or score > best:
+            best = score
+            frontier.append((params, score))
+    return frontier
+
+
+def search_frontiers(searches, out):
+    """Per KerasTuner search: every trained trial's score against its parameters,
+    the frontier, and the budget."""
+    paths = []
+    for search in searches:
+        trained = [(t["trainable_params"] / 1e6, 100 * t["score"]) for t in search["trials"]
+                   if t["status"] == "completed" and t["score"] is not None]
+        if not trained:
+            continue
+        frontier = pareto_frontier(trained)
+        budget = search.get("budget")
+        paths.append(line_chart(
+            os.path.join(out, f"search_{search['search']}_frontier.png"),
+            f"Search {search['search']} ({search.get('tuner', '?')}): accuracy against parameters",
+            "trainable parameters (millions)", "best validation accuracy (%)",
+            [{"label": "trials", "x": [p for p, _ in trained], "y": [s for _, s in trained],
+              "style": {"color": COLORS["train"], "marker": "o", "linestyle": "none", "alpha": 0.6}},
+             {"label": "frontier", "x": [p for p, _ in frontier], "y": [s for _, s in frontier],
+              "style": {"color": COLORS["validation"], "drawstyle": "steps-post", "marker": "o"}}],
+            vlines=[(budget / 1e6, f"budget {budget:,}", COLORS["best"])] if budget else ()))
+    return paths
+
+
+def write_figures(runs, out, searches=()):
     chosen = representative(runs)
     return (group_curves(chosen, out) + progression_bars(runs, chosen, out)
-            + noise_figures(runs, out) + resnet5m_scatter(runs, chosen, out) + schedule_figures(out))
+            + noise_figures(runs, out) + resnet5m_scatter(runs, chosen, out) + schedule_figures(out)
+            + search_frontiers(searches, out))

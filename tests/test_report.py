@@ -71,10 +71,36 @@ def runs(tmp_path, shared_cifar10):
     return runs
 
 
+def write_search(searches):
+    """A search folder as experiments/tune.py writes it."""
+    folder = os.path.join(searches, "resnet_budget")
+    os.makedirs(folder)
+    trials = [
+        {"trial_id": "00", "status": "completed", "score": 0.60, "trainable_params": 3_000_000},
+        {"trial_id": "01", "status": "over_budget", "score": None, "trainable_params": 6_000_000},
+        {"trial_id": "02", "status": "completed", "score": 0.70, "trainable_params": 1_000_000},
+        {"trial_id": "03", "status": "completed", "score": 0.80, "trainable_params": 4_000_000},
+        {"trial_id": "04", "status": "failed", "score": None, "trainable_params": 2_000_000},
+        {"trial_id": "05", "status": "completed", "score": 0.50, "trainable_params": 500_000},
+    ]
+    for trial in trials:
+        trial.update(hyperparameters={}, epochs=2, seconds=10.0, edits=[], run_dir="")
+    record.write_json(os.path.join(folder, "results.json"),
+                      {"search": "resnet_budget", "base": "resnet5m_row6", "tuner": "random",
+                       "budget": 5_000_000, "quick": True, "trials": trials})
+    with open(os.path.join(folder, "best_command.txt"), "w") as stream:
+        stream.write("python experiments/run.py resnet5m_row6 --set 'model_args.dropout=0.1'\n")
+    os.makedirs(os.path.join(searches, "broken"))
+    with open(os.path.join(searches, "broken", "results.json"), "w") as stream:
+        stream.write("{ half")
+
+
 def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
     out = str(tmp_path / "reports")
-    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--out", out],
-                            capture_output=True, text=True)
+    searches = str(tmp_path / "searches")
+    write_search(searches)
+    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--searches", searches,
+                             "--out", out], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cnn_vgg3" in result.stderr and "cnn_dropout" in result.stderr
     text = open(os.path.join(out, "RESULTS.md")).read()
@@ -88,7 +114,11 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
     assert "short: 30 of 100 epochs" in rows["resnet_deep/short: 30 of 100 epochs"]
     assert "93.00" in rows["resnet_step/**full**"] and "-0.36" in rows["resnet_step/**full**"]
     assert "## Paper 004" in text and "## Paper 001" in text
-    assert "cnn_vgg3" in text.split("## Skipped run folders")[1]
+    assert "cnn_vgg3" in text.split("## Skipped records")[1]
+    assert "broken" in text.split("## Skipped records")[1]
+    search_row = next(line for line in text.splitlines() if line.startswith("| resnet_budget |"))
+    assert "| random | 4 | 1 | 1 | 80.00 | 4,000,000 |" in search_row
+    assert "model_args.dropout=0.1" in search_row
 
     figures = os.path.join(out, "figures")
     expected = {"cnn_progression_accuracy", "cnn_progression_loss", "cnn_progression_best",
@@ -121,6 +151,11 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
     memorised = data("noise_memorisation")["symmetric 0.4: noisy labels"]["y"]
     assert memorised == pytest.approx(
         [100 * row["flipped_noisy_accuracy"] for row in history("noisy_labels_symmetric40/seed0")])
+    frontier = data("search_resnet_budget_frontier")
+    assert frontier["trials"]["x"] == pytest.approx([3.0, 1.0, 4.0, 0.5])
+    # The best score at or under each size: 50% at 0.5M, 70% at 1M, then 80% at 4M.
+    assert frontier["frontier"]["x"] == pytest.approx([0.5, 1.0, 4.0])
+    assert frontier["frontier"]["y"] == pytest.approx([50.0, 70.0, 80.0])
     schedules = data("lr_schedules_004")
     rates = next(line for label, line in schedules.items() if label.startswith("resnet_step"))["y"]
     assert rates[51] == pytest.approx(0.1) and rates[52] == pytest.approx(0.01)
@@ -130,7 +165,8 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
 def test_report_without_runs_still_writes_the_schedules(tmp_path):
     out = str(tmp_path / "reports")
     result = subprocess.run([sys.executable, REPORT, "--runs", str(tmp_path / "nothing"),
-                             "--out", out], capture_output=True, text=True)
+                             "--searches", str(tmp_path / "none"), "--out", out],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no such folder" in result.stderr
     assert os.path.exists(os.path.join(out, "figures", "lr_schedules_000.png"))
