@@ -9,7 +9,8 @@ pipeline (augmentation, normalisation, mixup) through `model.fit`, as run.py
 runs it. PyTorch runs the same network (benchmarks/torch_port.py: the same
 layers and parameter count, checked here) with torch.optim's equivalent of the
 recipe's optimizer, on batches from the same input pipeline, eager, in NCHW and
-in channels-last (the faster is the reference). Both run in this process with
+in channels-last; Keras with XLA on and off (each framework's faster variant is
+compared; all are recorded). Both run in this process with
 the same batch, precision and threads, alternating, after warm-up steps.
 Inference is `model.predict` against `torch.no_grad()` in eval mode. Peak
 memory is measured in a child process per framework and network: peak resident
@@ -83,8 +84,9 @@ class Case:
         set_precision(precision)
         keras.utils.set_random_seed(0)
         self.model = build_model(recipe.model, 10, **recipe.model_args)
-        compile_model(self.model, recipe, recipe.optimizer, {"kind": "constant"})
         set_precision("fp32")
+        self.compile = lambda jit: compile_model(self.model, recipe, recipe.optimizer,
+                                                 {"kind": "constant"}, jit_compile=jit)
         self.port = TorchPort(self.model)
         self.params = count_params(self.model)[0]
         if parameter_count(self.port) != self.params:
@@ -106,7 +108,7 @@ class Case:
         self.smoothing = recipe.label_smoothing
 
     # ---------------------------------------------------------------- Keras
-    def keras_train(self):
+    def keras_train(self, jit="auto"):
         import keras
 
         from callbacks import EpochLog
@@ -123,12 +125,14 @@ class Case:
                 self.ends.append(time.perf_counter())
 
         clock = StepClock()
+        self.compile(jit)
         self.model.fit(self.batches, epochs=1, steps_per_epoch=self.steps + 2, shuffle=False,
                        verbose=0, callbacks=[EpochSync(self.batches), EpochLog(), clock])
         # Steps 0 and 1 trace and warm up; the timed steps are the ones after.
         return BATCH * self.steps / (clock.ends[-1] - clock.ends[1])
 
-    def keras_infer(self):
+    def keras_infer(self, jit="auto"):
+        self.compile(jit)
         images = self.eval_images
         self.model.predict(images, batch_size=BATCH, verbose=0)
         started = time.perf_counter()
@@ -148,9 +152,11 @@ class Case:
         tensor = torch.from_numpy(array).permute(0, 3, 1, 2)  # NHWC view -> NCHW logical
         return tensor.contiguous(memory_format=layout)
 
-    def torch_train(self, layout):
+    def torch_train(self, layout, compiled=False):
         torch = self.torch
         port = self.port.to(memory_format=layout).train()
+        if compiled:
+            port = torch.compile(port)
 
         def step(index):
             images, labels = self.batches[index % len(self.batches)]
@@ -183,29 +189,38 @@ class Case:
         return BATCH * self.steps / (time.perf_counter() - started)
 
 
-def measure(experiment, precision, steps, rounds):
+def measure(experiment, precision, steps, rounds, torch_compile=False):
     import torch
 
     case = Case(experiment, precision, steps)
     layouts = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-    runs = {key: [] for key in ["keras_train", "keras_infer"]
+    jits = {"xla": True, "no_xla": False}  # Keras's "auto" is XLA on TensorFlow
+    runs = {key: [] for key in [f"keras_{kind}_{name}" for kind in ("train", "infer") for name in jits]
             + [f"torch_{kind}_{name}" for kind in ("train", "infer") for name in layouts]}
     for _ in range(rounds):  # alternate, so that machine noise hits both frameworks
-        runs["keras_train"].append(case.keras_train())
+        for name, jit in jits.items():
+            runs[f"keras_train_{name}"].append(case.keras_train(jit))
         for name, layout in layouts.items():
             runs[f"torch_train_{name}"].append(case.torch_train(layout))
-        runs["keras_infer"].append(case.keras_infer())
+        for name, jit in jits.items():
+            runs[f"keras_infer_{name}"].append(case.keras_infer(jit))
         for name, layout in layouts.items():
             runs[f"torch_infer_{name}"].append(case.torch_infer(layout))
+    if torch_compile:  # reported beside the eager reference, not instead of it
+        runs["torch_train_compiled"] = [case.torch_train(torch.channels_last, compiled=True)]
     speed = {key: statistics.median(values) for key, values in runs.items()}
-    torch_train = max(speed["torch_train_nchw"], speed["torch_train_channels_last"])
-    torch_infer = max(speed["torch_infer_nchw"], speed["torch_infer_channels_last"])
+    compiled_speed = speed.pop("torch_train_compiled", None)
+    best = {kind: {framework: max(value for key, value in speed.items()
+                                  if key.startswith(f"{framework}_{kind}_"))
+                   for framework in ("keras", "torch")} for kind in ("train", "infer")}
     return {"network": case.recipe.model, "experiment": experiment, "precision": precision,
             "trainable_params": case.params, "batch": BATCH, **speed,
-            "keras_train_ips": speed["keras_train"], "torch_train_ips": torch_train,
-            "train_ratio": speed["keras_train"] / torch_train,
-            "keras_infer_ips": speed["keras_infer"], "torch_infer_ips": torch_infer,
-            "infer_ratio": speed["keras_infer"] / torch_infer}
+            "keras_train_ips": best["train"]["keras"], "torch_train_ips": best["train"]["torch"],
+            "train_ratio": best["train"]["keras"] / best["train"]["torch"],
+            "keras_infer_ips": best["infer"]["keras"], "torch_infer_ips": best["infer"]["torch"],
+            "infer_ratio": best["infer"]["keras"] / best["infer"]["torch"],
+            "torch_compiled_train_ips": compiled_speed,
+            "train_ratio_to_compiled": best["train"]["keras"] / compiled_speed if compiled_speed else None}
 
 
 def memory_child(framework, experiment, precision, steps):
@@ -266,6 +281,22 @@ def table(result):
             f"{row['keras_train_ips']:.0f} | {row['torch_train_ips']:.0f} | "
             f"**{row['train_ratio']:.2f}** | {row['keras_infer_ips']:.0f} | "
             f"{row['torch_infer_ips']:.0f} | **{row['infer_ratio']:.2f}** | {memory_cells} |")
+    lines += ["", "Each variant (images/s; the tables above use the faster of each framework):", "",
+              "| network | precision | Keras train XLA | Keras train no XLA | PyTorch train NCHW | "
+              "PyTorch train channels-last | Keras infer XLA | Keras infer no XLA | "
+              "PyTorch infer NCHW | PyTorch infer channels-last |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['experiment']} | {row['precision']} | " + " | ".join(
+            f"{row[key]:.0f}" for key in (
+                "keras_train_xla", "keras_train_no_xla", "torch_train_nchw",
+                "torch_train_channels_last", "keras_infer_xla", "keras_infer_no_xla",
+                "torch_infer_nchw", "torch_infer_channels_last")) + " |")
+    compiled = [row for row in result["rows"] if row.get("torch_compiled_train_ips")]
+    if compiled:
+        lines += ["", "Against torch.compile (training): " + ", ".join(
+            f"{row['experiment']} {row['precision']} {row['torch_compiled_train_ips']:.0f} img/s, "
+            f"ratio {row['train_ratio_to_compiled']:.2f}" for row in compiled) + "."]
     if result.get("bf16_speedup"):
         lines += ["", "bf16 training speed over fp32: "
                   + ", ".join(f"{name} Keras {k:.2f}x / PyTorch {t:.2f}x"
@@ -283,6 +314,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also time torch.compile'd training (slow to compile on a CPU)")
     parser.add_argument("--json", default=os.path.join(ROOT, "reports", "throughput_benchmark.json"))
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -314,7 +347,7 @@ def main(argv=None):
               "rows": []}
     for precision in args.precision:
         for experiment in args.models:
-            row = measure(experiment, precision, args.steps, args.rounds)
+            row = measure(experiment, precision, args.steps, args.rounds, args.torch_compile)
             if not args.no_memory:
                 row["keras_peak_mb"] = memory("keras", experiment, precision, 3)
                 row["torch_peak_mb"] = memory("torch", experiment, precision, 3)

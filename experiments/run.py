@@ -57,6 +57,9 @@ def fail(message, code):
     return code
 
 
+_PARAMETER_COUNTS = {}  # (model, args, classes) -> counts, shared by listings in one process
+
+
 def listing(as_json):
     from data.cifar import DATASETS
     from experiments.recipes import EXPERIMENTS, GROUPS
@@ -64,7 +67,7 @@ def listing(as_json):
 
     import keras
 
-    rows, counted = [], {}
+    rows, counted = [], _PARAMETER_COUNTS
     for recipe in EXPERIMENTS.values():
         num_classes = DATASETS[recipe.dataset].num_classes[recipe.label_mode]
         key = (recipe.model, json.dumps(recipe.model_args, sort_keys=True), num_classes)

@@ -114,13 +114,16 @@ def run_trial_process(args, edits, runs_dir, run_id):
         raise keras_tuner.errors.FatalError(message.removeprefix("error: "))
     if result.returncode == 130 or result.returncode == -2:
         raise KeyboardInterrupt
-    if result.returncode != 0:
-        raise RuntimeError(f"trial {run_id} exited with {result.returncode}: "
-                           + result.stderr[-2000:])
     from training import record
 
-    base = SEARCHES[args.search].base
-    return record.read_json(os.path.join(runs_dir, base, run_id, "metrics.json"))
+    run_dir = os.path.join(runs_dir, SEARCHES[args.search].base, run_id)
+    if result.returncode != 0:
+        reason = f"the trial's process exited with {result.returncode}: {result.stderr[-2000:]}"
+        info = record.read_json(os.path.join(run_dir, "trial.json"))
+        record.write_json(os.path.join(run_dir, "trial.json"),
+                          {**info, "status": "failed", "reason": reason})
+        raise RuntimeError(f"trial {run_id}: {reason}")
+    return record.read_json(os.path.join(run_dir, "metrics.json"))
 
 
 def train_trial(spec):
@@ -161,15 +164,18 @@ def make_tuner(args):
         base = apply_override(base, edit)
     objective = keras_tuner.Objective("val_accuracy", direction="max")
     epochs = args.epochs or (2 if args.quick else base.epochs)
+    # A trial whose process dies (the OOM killer, a lost device) gets one more try,
+    # which resumes its run; the first failure stays in its trial.json.
+    common = dict(seed=args.seed, max_retries_per_trial=1)
     if args.tuner == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(objective, max_epochs=epochs, factor=3,
-                                                     hyperband_iterations=1, seed=args.seed)
+                                                     hyperband_iterations=1, **common)
     elif args.tuner == "bayesian":
         oracle = keras_tuner.oracles.BayesianOptimizationOracle(
-            objective, max_trials=args.max_trials, seed=args.seed)
+            objective, max_trials=args.max_trials, **common)
     else:
         oracle = keras_tuner.oracles.RandomSearchOracle(objective, max_trials=args.max_trials,
-                                                        seed=args.seed)
+                                                        **common)
     runs_dir = os.path.join(search_dir(args), "runs")
 
     class Space(keras_tuner.HyperModel):
@@ -206,7 +212,11 @@ def make_tuner(args):
                                   {**info, "status": "over_budget",
                                    "resident_mb": resident_megabytes(), "process": os.getpid()})
                 return {"val_accuracy": 0.0}
-            record.write_json(os.path.join(run_dir, "trial.json"), {**info, "status": "running"})
+            trial_file = os.path.join(run_dir, "trial.json")
+            earlier = record.read_json(trial_file) if os.path.exists(trial_file) else {}
+            if earlier.get("status") == "failed":
+                info["earlier_failure"] = earlier.get("reason")
+            record.write_json(trial_file, {**info, "status": "running"})
             metrics = run_trial_process(args, edits, runs_dir, f"trial_{trial.trial_id}")
             record.write_json(os.path.join(run_dir, "trial.json"),
                               {**info, "status": "completed", "resident_mb": resident_megabytes(),
@@ -261,6 +271,8 @@ def collect_results(args):
             "seconds": metrics.get("train_seconds"),
             "status": status,
             "edits": info.get("edits", []),
+            "reason": info.get("reason"),  # why a trial failed
+            "earlier_failure": info.get("earlier_failure"),  # a failure its retry overcame
             "resident_mb": info.get("resident_mb"),  # of the process that ran it, at its end
             "process": info.get("process"),
             "run_dir": run_dir,

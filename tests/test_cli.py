@@ -27,17 +27,20 @@ def epochs_in(path):
 
 
 def test_list_json_counts_come_from_the_built_models():
-    result = run("--list", "--json")
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    # Both listings in one process, which builds each network once.
+    code = (f"import runpy; main = runpy.run_path({RUN!r})['main']; "
+            "main(['--list', '--json']); print('@@'); main(['--list'])")
+    both = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert both.returncode == 0, both.stderr[-2000:]
+    listed_json, listed_text = both.stdout.split("\n@@\n")
+    rows = {row["name"]: row for row in json.loads(listed_json)}
     deep = rows["resnet_deep"]
     assert (deep["paper"], deep["model"]) == ("004", "kth_resnet_b")
     assert (deep["trainable_params"], deep["non_trainable_params"]) == (4_332_304, 7_686)
     assert deep["paper_accuracy"] == 93.78
     assert rows["resnet_cifar100"]["trainable_params"] == 4_355_434
     assert rows["mobilenetv2"]["trainable_params"] == 2_598_074
-    text = run("--list")
-    assert "cnn_progression: cnn_baseline -> cnn_vgg3" in text.stdout
+    assert "cnn_progression: cnn_baseline -> cnn_vgg3" in listed_text
 
 
 def test_unknown_experiment_suggests_close_names():

@@ -119,7 +119,9 @@ def test_two_workers_share_the_trials(shared_cifar10, tmp_path):
                   "--data-dir", shared_cifar10, "--directory", directory)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = results(directory)
-    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials)
+    assert len(trials) == 4
+    assert all(t["status"] == "completed" for t in trials), (
+        [(t["trial_id"], t["status"], t["reason"]) for t in trials], result.stderr[-3000:])
     ids = [t["trial_id"] for t in trials]
     assert len(set(ids)) == 4
     edits = [tuple(t["edits"]) for t in trials]

@@ -191,7 +191,7 @@ def _stages(recipe):
     return [stage for stage in stages if stage[2] > stage[1]]
 
 
-def compile_model(model, recipe, optimizer_spec, schedule):
+def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
     optimizer_spec = dict(optimizer_spec)
     base_lr = optimizer_spec.pop("learning_rate")
     model.compile(
@@ -202,6 +202,7 @@ def compile_model(model, recipe, optimizer_spec, schedule):
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
     return base_lr
 
