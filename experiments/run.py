@@ -47,6 +47,9 @@ def parse_args(argv):
                         help="data-parallel training: TensorFlow's MirroredStrategy / "
                              "MultiWorkerMirroredStrategy (TF_CONFIG), or keras.distribution."
                              "DataParallel on JAX; --batch-size stays the global batch")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="mixed precision: bf16 or fp16 compute with float32 variables "
+                             "(fast where the hardware has it: GPUs, CPUs with AMX)")
     parser.add_argument("--quick", action="store_true",
                         help="2 epochs on a few hundred images: checks an install in about a minute")
     return parser.parse_args(argv)
@@ -145,6 +148,7 @@ def main(argv=None):
         return fail(str(error).strip("'\""), USAGE_ERROR)
     options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
                          deterministic=args.deterministic, distribute=args.distribute,
+                         precision=args.precision,
                          data_dir=args.data_dir, quick=args.quick,
                          verbose=1 if sys.stdout.isatty() else 2)
     for index, recipe in enumerate(recipes, 1):

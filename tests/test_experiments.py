@@ -223,13 +223,28 @@ def test_mixup_quick_run_logs_the_epoch_gate(shared_cifar10, tmp_path):
     assert float(rows[-1]["mixup"]) == 0.0  # past stop_epoch: the clean phase
 
 
-@pytest.mark.parametrize("name", ["modified_resnet", "resnet5m_row6"])
-def test_quick_runs_with_the_papers_augmentation(shared_cifar10, tmp_path, name):
+@pytest.mark.parametrize("name, precision", [("modified_resnet", "fp32"),
+                                             ("resnet5m_row6", "bf16")])
+def test_quick_runs_with_the_papers_augmentation(shared_cifar10, tmp_path, name, precision):
     # The papers' recipes (augmentation, optimizer, schedule) on a smaller network.
-    run_dir, metrics = quick(name, shared_cifar10, str(tmp_path), *SMALL_RESNET5M)
+    run_dir, metrics = quick(name, shared_cifar10, str(tmp_path), *SMALL_RESNET5M,
+                             "--precision", precision)
     assert metrics["epochs_run"] == 2
     rows = history(os.path.join(run_dir, "history.csv"))
     assert all(float(row["input_seconds"]) < float(row["seconds"]) for row in rows)
+    with open(os.path.join(run_dir, "config.json")) as stream:
+        assert json.load(stream)["precision"] == precision
+    if precision == "bf16":  # mixed precision: 16-bit compute, float32 variables
+        import keras
+
+        model = keras.models.load_model(os.path.join(run_dir, "best.keras"))
+        conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+        assert conv.dtype_policy.name == "mixed_bfloat16"
+        assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+        assert all(np.isfinite(float(row["loss"])) for row in rows)
+        changed = run(name, "--quick", "--data-dir", shared_cifar10, "--output-dir",
+                      str(tmp_path), *SMALL_RESNET5M)  # same run folder, fp32 now
+        assert changed.returncode != 0 and "different precision" in changed.stderr
 
 
 def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):

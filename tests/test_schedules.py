@@ -165,3 +165,24 @@ def test_schedule_drives_fit_and_lands_in_history():
                         callbacks=schedules.schedule_callbacks(spec, 0.5, 3) + [EpochLog()])
     assert history.history["lr"] == pytest.approx([0.5, 0.05, 0.005])
     assert math.isfinite(sum(history.history["seconds"]))
+
+
+def test_onecycle_reaches_the_momentum_inside_fp16_loss_scaling():
+    """Under --precision fp16, compile wraps the optimizer in a LossScaleOptimizer;
+    one-cycle must still cycle the wrapped optimizer's momentum."""
+    from training.engine import precision_policy
+    from training.optimizers import build_optimizer
+
+    spec = {"kind": "onecycle", "max_lr": 0.1}
+    with precision_policy("fp16"):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=build_optimizer("sgd", learning_rate=0.01, momentum=0.9), loss="mse")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0,
+              callbacks=schedules.schedule_callbacks(spec, 0.01, 65))
+    lr, momentum = onecycle_at(0, spec, 65)
+    inner = model.optimizer.inner_optimizer
+    assert float(inner.momentum.numpy()) == pytest.approx(momentum)
+    assert float(keras.ops.convert_to_numpy(inner.learning_rate)) == pytest.approx(lr)
+    assert momentum != 0.9  # the epoch-0 value differs from the optimizer's own
+    assert keras.config.dtype_policy().name == "float32"  # the policy was restored

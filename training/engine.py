@@ -15,6 +15,7 @@ Rerunning the same command resumes an unfinished run from its last finished
 epoch; a finished run is reported and left alone.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -53,11 +54,30 @@ class RunOptions:
     quick: bool = False
     deterministic: bool = False  # seeded ops with op determinism (TensorFlow; see README)
     distribute: str = "none"  # none | mirrored | multi-worker | data-parallel (training/distribute.py)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: Keras mixed precision (variables stay float32)
     verbose: int = 1  # Keras progress bar
 
 
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says how to go on."""
+
+
+# --precision -> Keras dtype policy. Mixed policies compute in 16 bits and keep the
+# variables (and the loss, BatchNorm's statistics and the optimizer) in float32;
+# under float16 `compile` wraps the optimizer in a LossScaleOptimizer.
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def precision_policy(precision):
+    """Builds the layers created inside under `precision`'s policy, then restores
+    the previous global policy (a saved model keeps each layer's policy)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def quick_recipe(recipe):
@@ -222,7 +242,8 @@ def _check_existing(run_dir, config):
         saved = record.read_json(path)
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"{path} is unreadable ({error}); remove {run_dir} to start fresh.") from None
-    keys = ("recipe", "seed", "quick", "backend", "deterministic")
+    saved.setdefault("precision", "fp32")  # records from before --precision existed
+    keys = ("recipe", "seed", "quick", "backend", "deterministic", "precision")
     changed = [key for key in keys if saved.get(key) != config[key]]
     if changed:
         detail = []
@@ -275,6 +296,9 @@ def train(recipe, options):
     if options.quick:
         recipe = quick_recipe(recipe)
     validate(recipe)
+    if options.precision not in PRECISIONS:
+        raise RunError(f"Unknown precision {options.precision!r}; expected one of "
+                       f"{', '.join(PRECISIONS)}.")
     # First: TensorFlow's strategies must exist before its devices are initialised.
     try:
         placement = make_placement(options.distribute)
@@ -291,6 +315,7 @@ def train(recipe, options):
         "seed": options.seed,
         "quick": options.quick,
         "deterministic": options.deterministic,
+        "precision": options.precision,
         "backend": keras.backend.backend(),
         "versions": _versions(),
         "git_commit": record.git_commit(),
@@ -343,7 +368,8 @@ def train(recipe, options):
         _enable_determinism()
     stages = _stages(recipe)
     head_path = os.path.join(run_dir, "head.keras")
-    with placement.scope():  # variables are created (mirrored or sharded) by the strategy
+    # Variables are created (mirrored or sharded) by the strategy, under the precision's policy.
+    with placement.scope(), precision_policy(options.precision):
         if recipe.transfer and os.path.exists(head_path):
             model = keras.models.load_model(head_path, compile=False)
             stages = [stage for stage in stages if stage[0] != "head"]

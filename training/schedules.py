@@ -137,6 +137,10 @@ class OneCycle(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         lr, momentum = onecycle_at(epoch, self.spec, self.epochs)
         optimizer = self.model.optimizer
+        if not optimizer.built:  # fit builds a LossScaleOptimizer only at its first step
+            optimizer.build(self.model.trainable_variables)
+        # Under fp16 compile wraps the optimizer in a LossScaleOptimizer; momentum lives inside.
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
         optimizer.learning_rate = lr
         if isinstance(getattr(optimizer, "momentum", None), keras.Variable):
             optimizer.momentum.assign(momentum)
