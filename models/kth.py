@@ -11,6 +11,8 @@ the original's last layer did.
 import keras
 from keras import layers, regularizers
 
+from models import native
+
 from models.registry import register
 
 NORMS = ("batch", "layer", "group", "instance")
@@ -20,7 +22,7 @@ def norm_layer(kind, *, name):
     """Paper 004's normalisation study; tfa's Group/InstanceNormalization map to
     Keras's GroupNormalization(32) and GroupNormalization(-1), epsilon 1e-3."""
     if kind == "batch":
-        return layers.BatchNormalization(name=name)
+        return native.BatchNormalization(name=name)
     if kind == "layer":
         return layers.LayerNormalization(axis=-1, name=name)
     if kind == "group":
@@ -45,7 +47,7 @@ def vgg_cnn(num_classes=10, *, blocks=3, norm=None, pool_dropout=(), dense_dropo
     x = inputs
     for block, filters in enumerate((32, 64, 128)[:blocks]):
         for index in range(2):
-            x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+            x = native.Conv2D(filters, 3, padding="same", activation="relu",
                               kernel_initializer="he_uniform", kernel_regularizer=_l2(l2),
                               name=f"block{block + 1}_conv{index + 1}")(x)
             if norm:
@@ -98,20 +100,20 @@ def kth_norm_cnn(num_classes=10, *, norm="batch", dropout=0.2, l2=0.005):
 def relu_bn(x, *, name):
     """The KTH scripts' activation: ReLU, then BatchNorm."""
     x = layers.ReLU(name=f"{name}_relu")(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return native.BatchNormalization(name=f"{name}_bn")(x)
 
 
 def residual_block(x, filters, downsample, *, l2, dropout, name):
-    y = layers.Conv2D(filters, 3, strides=2 if downsample else 1, padding="same",
+    y = native.Conv2D(filters, 3, strides=2 if downsample else 1, padding="same",
                       kernel_initializer="he_uniform", kernel_regularizer=_l2(l2),
                       name=f"{name}_conv1")(x)
     y = relu_bn(y, name=f"{name}_mid")
-    y = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_uniform",
+    y = native.Conv2D(filters, 3, padding="same", kernel_initializer="he_uniform",
                       kernel_regularizer=_l2(l2), name=f"{name}_conv2")(y)
     if dropout:
         y = layers.Dropout(dropout, name=f"{name}_drop")(y)
     if downsample:  # glorot init, bias, no L2, as in the original
-        x = layers.Conv2D(filters, 1, strides=2, padding="same", name=f"{name}_shortcut")(x)
+        x = native.Conv2D(filters, 1, strides=2, padding="same", name=f"{name}_shortcut")(x)
     return relu_bn(layers.Add(name=f"{name}_add")([x, y]), name=f"{name}_out")
 
 
@@ -129,11 +131,11 @@ def kth_resnet(num_classes=10, *, stages, widths, stem, l2, dropout=0.0,
     inputs = keras.Input((32, 32, 3), name="image")
     x = inputs
     if stem in ("A", "B"):
-        x = layers.BatchNormalization(name="input_bn")(x)
-    x = layers.Conv2D(widths[0], 3, padding="same", kernel_initializer="he_uniform",
+        x = native.BatchNormalization(name="input_bn")(x)
+    x = native.Conv2D(widths[0], 3, padding="same", kernel_initializer="he_uniform",
                       kernel_regularizer=_l2(l2), name="stem_conv")(x)
     if stem == "C":
-        x = layers.BatchNormalization(name="stem_conv_bn")(x)
+        x = native.BatchNormalization(name="stem_conv_bn")(x)
     if stem in ("A", "C"):
         x = relu_bn(x, name="stem")
     for stage, (count, filters) in enumerate(zip(stages, widths)):

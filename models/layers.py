@@ -15,6 +15,8 @@ import math
 import keras
 from keras import layers
 
+from models import native
+
 TORCH_BN = dict(momentum=0.9, epsilon=1e-5)
 
 
@@ -44,7 +46,7 @@ def conv(x, filters, kernel_size, strides=1, *, name, use_bias=False, init=None)
     """A PyTorch-style Conv2d(padding=kernel_size // 2)."""
     x, padding = torch_pad(x, kernel_size, strides, name)
     fan_in = x.shape[-1] * kernel_size * kernel_size
-    return layers.Conv2D(
+    return native.Conv2D(
         filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
         kernel_initializer=init or torch_kernel_init(),
         bias_initializer=torch_uniform(fan_in), name=name,
@@ -54,14 +56,14 @@ def conv(x, filters, kernel_size, strides=1, *, name, use_bias=False, init=None)
 def depthwise_conv(x, kernel_size, strides=1, *, name):
     """A PyTorch Conv2d(groups=channels, bias=False): fan_in is kernel_size**2."""
     x, padding = torch_pad(x, kernel_size, strides, name)
-    return layers.DepthwiseConv2D(
+    return native.DepthwiseConv2D(
         kernel_size, strides=strides, padding=padding, use_bias=False,
         depthwise_initializer=torch_uniform(kernel_size * kernel_size), name=name,
     )(x)
 
 
 def batch_norm(x, *, name):
-    return layers.BatchNormalization(**TORCH_BN, name=name)(x)
+    return native.BatchNormalization(**TORCH_BN, name=name)(x)
 
 
 def dense(x, units, *, name, init=None):

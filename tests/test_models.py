@@ -189,3 +189,73 @@ def test_every_family_runs_on_other_backends(backend):
     assert f"backend {backend}" in result.stdout
     assert "kth_resnet_b (1048080, 3334)" in result.stdout
     assert "se_resnet (4993166, 7552)" in result.stdout
+
+
+NATIVE_SCRIPT = """
+import sys, numpy as np, torch
+sys.path.insert(0, {root!r})
+import keras
+from models import native
+
+calls = {{"conv": 0, "batch_norm": 0}}
+for name, module, attribute in (("conv", native, "_torch_conv2d"),
+                                ("batch_norm", torch.nn.functional, "batch_norm")):
+    def counted(*args, _name=name, _original=getattr(module, attribute), **kwargs):
+        calls[_name] += 1  # Keras's own path calls neither function
+        return _original(*args, **kwargs)
+    setattr(module, attribute, counted)
+
+def build():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = native.Conv2D(6, 3, padding="same", use_bias=True, activation="relu")(inputs)
+    x = native.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = native.Conv2D(8, 3, strides=2, padding="valid", use_bias=False)(x)
+    x = native.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu")(x)
+    x = native.BatchNormalization()(x)
+    y = native.Conv2D(16, 1, strides=2, padding="same")(x)   # no padding
+    z = native.Conv2D(16, 3, strides=2, padding="same")(x)   # Keras pads bottom/right only
+    x = keras.layers.Add()([y, z])
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+x = np.random.default_rng(1).normal(size=(5, 8, 8, 3)).astype("float32")
+results = []
+for use_native in (True, False):
+    native.NATIVE_TORCH = use_native
+    model = build()
+    before = dict(calls)
+    images = torch.tensor(x, requires_grad=True)
+    out = model(images, training=True)
+    out.square().sum().backward()
+    results.append([out.detach().numpy(), images.grad.numpy(),
+                    *[v.value.grad.numpy() for v in model.trainable_variables],
+                    *[v.numpy() for v in model.non_trainable_variables],
+                    keras.ops.convert_to_numpy(model(x, training=False))])
+    used = {{k: calls[k] - before[k] for k in calls}}
+    print("native" if use_native else "keras", used)
+worst = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+            for a, b in zip(*results))
+print("worst", worst)
+print("arrays", len(results[0]), len(model.trainable_variables), len(model.non_trainable_variables))
+"""
+
+
+def test_native_torch_layers_match_keras_on_the_torch_backend():
+    """models/native.py's PyTorch-kernel path against Keras's own implementation:
+    outputs, input and weight gradients, moving statistics and inference."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT.format(root=ROOT)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    # Native: the five convs (four Conv2D, one depthwise) and both BatchNorms, once
+    # training and once inferring.
+    assert lines["native"] == "{'conv': 10, 'batch_norm': 4}", result.stdout
+    assert lines["keras"] == "{'conv': 0, 'batch_norm': 0}", result.stdout
+    arrays, trainable, statistics = map(int, lines["arrays"].split())
+    assert (trainable, statistics) == (15, 4)
+    assert arrays == 2 + trainable + statistics + 1  # all compared
+    assert float(lines["worst"]) < 1e-5, result.stdout
