@@ -35,3 +35,31 @@ def test_keras_l2_becomes_coupled_weight_decay_on_those_kernels():
     assert sum(decayed.values()) == len(regularised) > 0
     assert set(decayed) == {2 * float(layer.kernel_regularizer.l2) for layer in regularised}
     assert sum(len(group["params"]) for group in groups) == len(list(port.parameters()))
+
+
+def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
+    """One step per measurement on a small network: the JSON has the ratio fields
+    the report promises and the table names each backend."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = tmp_path / "throughput.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--backends", "torch",
+         "--models", "cnn_baseline", "--steps", "1", "--no-memory", "--json", str(output)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(output.read_text())
+    (row,) = saved["rows"]
+    assert row["backend"] == "torch" and row["experiment"] == "cnn_baseline"
+    for key in ("keras_train_ips", "torch_train_ips", "keras_infer_ips", "torch_infer_ips"):
+        assert row[key] > 0
+    assert row["train_ratio"] == pytest.approx(row["keras_train_ips"] / row["torch_train_ips"])
+    assert row["infer_ratio"] == pytest.approx(row["keras_infer_ips"] / row["torch_infer_ips"])
+    assert row["torch_train_ips"] == max(row["torch_train_nchw"], row["torch_train_channels_last"])
+    assert saved["versions"]["torch"] == torch.__version__ and saved["notes"]
+    table = (tmp_path / "throughput.md").read_text()
+    assert "| cnn_baseline (" in table and "| torch |" in table and "## What was tried" in table
