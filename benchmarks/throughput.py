@@ -432,7 +432,7 @@ def main(argv=None):
               "device": device_description(), "backends": args.backends,
               "versions": {"python": platform.python_version()},
               "steps": args.steps, "rounds": args.rounds, "notes": NOTES, "rows": []}
-    child_args = [arg for arg in (argv if argv is not None else sys.argv[1:])]
+    child_args = list(argv if argv is not None else sys.argv[1:])
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as folder:
             output = os.path.join(folder, "rows.json")
