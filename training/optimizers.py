@@ -17,6 +17,23 @@ import keras
 from keras import ops
 
 
+def _multi_tensor(optimizer_class):
+    """Keras's own class for this backend. On PyTorch, `keras.optimizers.Adam()`
+    (and Adagrad, RMSprop, SGD) is built as a subclass that updates all
+    variables with torch._foreach kernels instead of one Python-level update per
+    variable; Keras picks it for the exact public class only, so a subclass has
+    to name it. `__new__` alone picks the class without building an optimizer."""
+    return type(optimizer_class.__new__(optimizer_class))
+
+
+def _foreach_with_decay(gradients, values, decay):
+    """The PyTorch backend's multi-tensor form of `_with_decay`."""
+    import torch
+
+    gradients = [ops.convert_to_tensor(g, v.dtype) for g, v in zip(gradients, values)]
+    return torch._foreach_add(gradients, values, alpha=decay) if decay else gradients
+
+
 def _with_decay(gradient, variable, decay):
     gradient = ops.cast(gradient, variable.dtype)
     if not decay:
@@ -59,6 +76,27 @@ class TorchSGD(keras.optimizers.Optimizer):
         step = ops.add(gradient, ops.multiply(buffer, momentum)) if self.nesterov else buffer
         self.assign_sub(variable, ops.multiply(step, learning_rate))
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() != "torch":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        # PyTorch backend: update_step's arithmetic on all variables at once, as
+        # Keras's own SGD does there (one Python-level update per variable cost
+        # ~3% of a ResNet-20 step on a CPU).
+        import torch
+
+        with torch.no_grad():
+            values = [variable.value for variable in trainable_variables]
+            grads = _foreach_with_decay(list(grads), values, self.coupled_weight_decay)
+            momentum = self.momentum.value.to(values[0].dtype)
+            buffers = [self.buffers[self._get_variable_index(variable)].value
+                       for variable in trainable_variables]
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, grads)
+            steps = (torch._foreach_add(grads, torch._foreach_mul(buffers, momentum))
+                     if self.nesterov else buffers)
+            rate = ops.convert_to_tensor(learning_rate).to(values[0].dtype)
+            torch._foreach_add_(values, torch._foreach_mul(steps, -rate))
+
     def get_config(self):
         config = super().get_config()
         config.update(momentum=self.initial_momentum, nesterov=self.nesterov,
@@ -77,6 +115,12 @@ class _CoupledDecay:
         gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
         return super().update_step(gradient, variable, learning_rate)
 
+    def _parallel_update_step(self, grads, variables, learning_rate):
+        # PyTorch backend only (Keras's multi-tensor update; update_step is not called).
+        grads = _foreach_with_decay(list(grads), [v.value for v in variables],
+                                    self.coupled_weight_decay)
+        return super()._parallel_update_step(grads, variables, learning_rate)
+
     def get_config(self):
         config = super().get_config()
         config.update(coupled_weight_decay=self.coupled_weight_decay)
@@ -84,17 +128,17 @@ class _CoupledDecay:
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchAdam(_CoupledDecay, keras.optimizers.Adam):
+class TorchAdam(_CoupledDecay, _multi_tensor(keras.optimizers.Adam)):
     """torch.optim.Adam(weight_decay=wd): Adam with coupled L2, not AdamW."""
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchAdagrad(_CoupledDecay, keras.optimizers.Adagrad):
+class TorchAdagrad(_CoupledDecay, _multi_tensor(keras.optimizers.Adagrad)):
     pass
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchRMSprop(_CoupledDecay, keras.optimizers.RMSprop):
+class TorchRMSprop(_CoupledDecay, _multi_tensor(keras.optimizers.RMSprop)):
     pass
 
 
