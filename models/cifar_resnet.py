@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from models import layers as tl
+from models import native
 from models.registry import register
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
@@ -108,7 +109,7 @@ def cifar_resnet(
             )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = tl.dense(x, num_classes, name="logits", init=init)
-    return keras.Model(inputs, outputs, name=name)
+    return native.Network(inputs, outputs, name=name)
 
 
 # Paper 001 (ResNet5M), Table 1: rows 1-12. Row 1 is the notebook network with dropout 0.2.

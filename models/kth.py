@@ -63,7 +63,7 @@ def vgg_cnn(num_classes=10, *, blocks=3, norm=None, pool_dropout=(), dense_dropo
     if dense_dropout:
         x = layers.Dropout(dense_dropout, name="dense_drop")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return native.Network(inputs, outputs, name=name)
 
 
 @register("kth_vgg1", paper="004")
@@ -151,7 +151,7 @@ def kth_resnet(num_classes=10, *, stages, widths, stem, l2, dropout=0.0,
     else:
         x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return native.Network(inputs, outputs, name=name)
 
 
 @register("kth_resnet_a", paper="004")

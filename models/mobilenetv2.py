@@ -10,6 +10,7 @@ import keras
 from keras import layers
 
 from models import layers as tl
+from models import native
 from models.registry import register
 
 # (expansion, output channels, blocks, first stride) per row; `None` takes the
@@ -55,4 +56,4 @@ def mobilenetv2(num_classes=10, *, expansion=7, row_strides=None):
     # also serves the stride-2 variant, whose map is 2x2.
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = tl.dense(x, num_classes, name="logits")
-    return keras.Model(inputs, outputs, name=f"mobilenetv2_t{expansion}")
+    return native.Network(inputs, outputs, name=f"mobilenetv2_t{expansion}")

@@ -197,12 +197,14 @@ sys.path.insert(0, {root!r})
 import keras
 from models import native
 
-calls = {{"conv": 0, "batch_norm": 0}}
+calls = {{"conv": 0, "batch_norm": 0, "direct": 0}}
 for name, module, attribute in (("conv", native, "_torch_conv2d"),
-                                ("batch_norm", torch.nn.functional, "batch_norm")):
+                                ("batch_norm", torch.nn.functional, "batch_norm"),
+                                ("direct", native, "_direct_call")):
     def counted(*args, _name=name, _original=getattr(module, attribute), **kwargs):
-        calls[_name] += 1  # Keras's own path calls neither function
-        return _original(*args, **kwargs)
+        result = _original(*args, **kwargs)
+        calls[_name] += result is not None  # Keras's own path calls none of these
+        return result
     setattr(module, attribute, counted)
 
 def build():
@@ -218,7 +220,7 @@ def build():
     z = native.Conv2D(16, 3, strides=2, padding="same")(x)   # Keras pads bottom/right only
     x = keras.layers.Add()([y, z])
     outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
+    return native.Network(inputs, outputs)
 
 x = np.random.default_rng(1).normal(size=(5, 8, 8, 3)).astype("float32")
 results = []
@@ -239,6 +241,11 @@ worst = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
             for a, b in zip(*results))
 print("worst", worst)
 print("arrays", len(results[0]), len(model.trainable_variables), len(model.non_trainable_variables))
+native.NATIVE_TORCH = True
+keras.config.set_dtype_policy("mixed_bfloat16")  # casts between layers: Keras's __call__ does them
+before = calls["direct"]
+out = build()(x, training=False)
+print("mixed", calls["direct"] - before, out.dtype)
 """
 
 
@@ -253,8 +260,10 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     # Native: the five convs (four Conv2D, one depthwise) and both BatchNorms, once
     # training and once inferring.
-    assert lines["native"] == "{'conv': 10, 'batch_norm': 4}", result.stdout
-    assert lines["keras"] == "{'conv': 0, 'batch_norm': 0}", result.stdout
+    # Network calls its eleven layers' call() directly, training and inferring.
+    assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 22}", result.stdout
+    assert lines["keras"] == "{'conv': 0, 'batch_norm': 0, 'direct': 0}", result.stdout
+    assert lines["mixed"] == "0 torch.bfloat16", result.stdout
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared

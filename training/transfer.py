@@ -13,6 +13,8 @@ import os
 
 import keras
 
+from models import native
+
 
 class TransferError(RuntimeError):
     """A transfer source that is missing or does not fit; the message says what to do."""
@@ -53,7 +55,7 @@ def transfer_model(path, num_classes, input_shape=(32, 32, 3)):
                             f"(its last layer is {type(classifier).__name__}).")
     features = classifier.input
     head = keras.layers.Dense(num_classes, name="transfer_head")(features)
-    return keras.Model(source.input, head, name=f"{source.name}_transfer")
+    return native.Network(source.input, head, name=f"{source.name}_transfer")
 
 
 def set_backbone_trainable(model, trainable):
