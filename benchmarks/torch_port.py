@@ -31,14 +31,18 @@ class KerasConv(nn.Module):
         kernel = layer.kernel_size
         channels_in = layer.input.shape[-1]
         channels_out = channels_in * layer.depth_multiplier if depthwise else layer.filters
-        self.conv = nn.Conv2d(channels_in, channels_out, kernel, stride=layer.strides,
-                              groups=channels_in if depthwise else 1, bias=layer.use_bias)
-        self.pad = None
+        self.pad, padding = None, 0
         if layer.padding == "same":
             height, width = layer.input.shape[1:3]
             top, bottom = _same_padding(height, kernel[0], layer.strides[0])
             left, right = _same_padding(width, kernel[1], layer.strides[1])
-            self.pad = (left, right, top, bottom)
+            if top == bottom and left == right:  # as PyTorch code writes it: Conv2d(padding=1)
+                padding = (top, left)
+            else:  # Keras's extra bottom/right pixel: Conv2d's padding is symmetric
+                self.pad = (left, right, top, bottom)
+        self.conv = nn.Conv2d(channels_in, channels_out, kernel, stride=layer.strides,
+                              padding=padding, groups=channels_in if depthwise else 1,
+                              bias=layer.use_bias)
         self.activation = getattr(layer.activation, "__name__", "linear")
         if self.activation not in ("linear", "relu"):
             raise ValueError(f"{layer.name}: unsupported activation {self.activation!r}")
