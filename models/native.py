@@ -55,8 +55,15 @@ def _channels_last_view(inputs):
     tensor, a copy only for other strides (a strided slice)."""
     import torch
 
-    return ops.convert_to_tensor(inputs).permute(0, 3, 1, 2).contiguous(
-        memory_format=torch.channels_last)
+    return _as_tensor(inputs).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def _as_tensor(value):
+    """A torch tensor as it is (ops.convert_to_tensor's dispatch costs ~5 us a
+    call, three times a layer); anything else through Keras."""
+    import torch
+
+    return value if type(value) is torch.Tensor else ops.convert_to_tensor(value)
 
 
 def _native_conv(layer, inputs):
@@ -129,7 +136,7 @@ class BatchNormalization(layers.BatchNormalization):
         # As Keras: statistics in float32 (or wider) whatever the compute dtype.
         # Torch's own casts: `.to` is free when the dtype already matches, which
         # it does in float32 (Keras's ops.cast costs ~15 us a call in Python).
-        inputs = ops.convert_to_tensor(inputs)
+        inputs = _as_tensor(inputs)
         dtype = torch.promote_types(inputs.dtype, torch.float32)
         channels_first = _channels_last_view(inputs.to(dtype))
         gamma = self.gamma.value.to(dtype) if self.scale else None
@@ -218,11 +225,11 @@ class Network(keras.Model):
         if training not in plans:
             plans[training] = self._torch_plan(training)
         tensors = dict(zip(self._input_ids, tree.flatten(self._standardize_inputs(inputs))))
-        for call, single, arguments, outputs, release in plans[training]:
+        for call, single, bind, outputs, release in plans[training]:
             if single is not None:
                 result = call(tensors[single])
             else:
-                args, kwargs = arguments.fill_in(tensors)
+                args, kwargs = bind(tensors)
                 result = call(*args, **kwargs)
             if len(outputs) == 1 and not isinstance(result, (list, tuple, dict)):
                 tensors[outputs[0]] = result
@@ -238,8 +245,9 @@ class Network(keras.Model):
 
     def _torch_plan(self, training):
         """The graph as a list of steps, in Functional's order, each step
-        (callable, id of its single input tensor or None, its arguments, ids of
-        its outputs, ids of the tensors no later step reads).
+        (callable, id of its single input tensor or None, a function from the
+        computed tensors to its (args, kwargs), ids of its outputs, ids of the
+        tensors no later step reads).
 
         Why a plan rather than Functional's walk: the walk re-derives the
         order and argument mapping on every call (about 6 ms of a ResNet-20
@@ -271,13 +279,31 @@ class Network(keras.Model):
             single = node.arguments._single_positional_tensor
             release = {id(x) for x in node.input_tensors
                        if last_reader[id(x)] == index and id(x) not in kept}
-            plan.append((call, None if single is None else id(single), node.arguments,
+            plan.append((call, None if single is None else id(single), _binder(node.arguments),
                          tuple(id(x) for x in node.outputs), tuple(release)))
         return plan
 
     @property
     def _input_ids(self):
         return [id(x) for x in self.inputs]
+
+
+def _binder(arguments):
+    """tensors -> (args, kwargs) for a node's recorded arguments. The two shapes
+    a functional CNN records, tensors as positional arguments (BatchNormalization
+    also records mask=None) and one list of tensors (Add, Multiply), are bound
+    by index; anything else goes through Keras's own fill_in, whose tree walks
+    cost ~20 us a node."""
+    args, kwargs = arguments.args, arguments.kwargs
+    if not any(isinstance(value, keras.KerasTensor) for value in tree.flatten(kwargs)):
+        if all(isinstance(value, keras.KerasTensor) for value in args):
+            keys = [id(value) for value in args]
+            return lambda tensors: ([tensors[key] for key in keys], kwargs)
+        if (len(args) == 1 and isinstance(args[0], list)
+                and all(isinstance(value, keras.KerasTensor) for value in args[0])):
+            keys = [id(value) for value in args[0]]
+            return lambda tensors: (([tensors[key] for key in keys],), kwargs)
+    return arguments.fill_in
 
 
 def _with_training(operation, training):

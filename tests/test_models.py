@@ -242,6 +242,21 @@ worst = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 print("worst", worst)
 print("arrays", len(results[0]), len(model.trainable_variables), len(model.non_trainable_variables))
 native.NATIVE_TORCH = True
+# The plan releases every intermediate tensor exactly once, at its last reader,
+# and never a model output.
+model = build()
+plan = model._torch_plan(False)
+readers = {{}}
+for index, step in enumerate(plan):
+    for node_input in (node for depth in model._nodes_by_depth.values() for node in depth
+                       if not node.is_input and id(node.outputs[0]) == step[3][0]):
+        for tensor in node_input.input_tensors:
+            readers.setdefault(id(tensor), []).append(index)
+released = [(key, index) for index, step in enumerate(plan) for key in step[4]]
+outputs = {{id(x) for x in model.outputs}}
+print("plan", len(plan), len(released) == len(set(k for k, _ in released)),
+      all(index == max(readers[key]) for key, index in released),
+      set(k for k, _ in released) == set(readers) - outputs)
 keras.config.set_dtype_policy("mixed_bfloat16")  # casts between layers: Keras's __call__ does them
 before = calls["direct"]
 out = build()(x, training=False)
@@ -264,6 +279,7 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 22}", result.stdout
     assert lines["keras"] == "{'conv': 0, 'batch_norm': 0, 'direct': 0}", result.stdout
     assert lines["mixed"] == "0 torch.bfloat16", result.stdout
+    assert lines["plan"] == "11 True True True", result.stdout
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared
