@@ -309,6 +309,16 @@ def measure(experiment, precision, steps, rounds, torch_compile=False):
                else None for kind in compiled}}
 
 
+def tune_allocator(args):
+    """As run.py does (training/allocator.py); for the whole process, so PyTorch
+    runs under the same malloc settings as Keras. --default-malloc skips it."""
+    import keras
+
+    from training import allocator
+
+    return False if args.default_malloc else allocator.tune_for_backend(keras.backend.backend())
+
+
 def memory_child(framework, experiment, precision, steps):
     """In a child process: peak resident memory while training, above the memory
     held once the data, both models and the optimizers exist."""
@@ -337,9 +347,10 @@ def memory_child(framework, experiment, precision, steps):
     return max(peak[0], resident_mb()) - before
 
 
-def memory(framework, experiment, precision, steps):
+def memory(framework, experiment, precision, steps, default_malloc):
     command = [sys.executable, os.path.abspath(__file__), "--memory-child", framework,
-               "--models", experiment, "--precision", precision, "--steps", str(steps)]
+               "--models", experiment, "--precision", precision, "--steps", str(steps),
+               *(["--default-malloc"] if default_malloc else [])]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: memory child failed:\n{result.stderr[-3000:]}")
@@ -364,6 +375,10 @@ def table(result):
              f"measured in the same process as each backend's Keras, alternating; batch {BATCH}, "
              f"{result['threads']} threads, {result['device']}, {result['steps']} timed steps "
              f"after warm-up, median of {result['rounds']} round(s); {result['date']}.", "",
+             "glibc keeps freed memory for reuse (training/allocator.py, as run.py sets it; "
+             "both frameworks share the process): "
+             + ", ".join(f"{backend} {'yes' if kept else 'no'}" for backend, kept
+                         in result.get("malloc_keeps_freed_memory", {}).items()) + ".", "",
              "Best Keras backend per network:", "",
              "| network | precision | backend | Keras train img/s | PyTorch train img/s | "
              "train ratio | Keras infer img/s | PyTorch infer img/s | infer ratio | "
@@ -413,20 +428,21 @@ def backend_rows(args):
     import torch
 
     torch.set_num_threads(os.cpu_count())  # as TensorFlow's and XLA's default pools
+    malloc = tune_allocator(args)
     rows = []
     for precision in args.precision:
         for experiment in args.models:
             row = measure(experiment, precision, args.steps, args.rounds, args.torch_compile)
             if not args.no_memory:
-                row["keras_peak_mb"] = memory("keras", experiment, precision, 3)
-                row["torch_peak_mb"] = memory("torch", experiment, precision, 3)
+                row["keras_peak_mb"] = memory("keras", experiment, precision, 3, args.default_malloc)
+                row["torch_peak_mb"] = memory("torch", experiment, precision, 3, args.default_malloc)
             rows.append(row)
             print(f"{experiment:18s} {precision} {row['backend']:10s}: train "
                   f"{row['keras_train_ips']:.0f} vs {row['torch_train_ips']:.0f} img/s "
                   f"({row['train_ratio']:.2f}), infer {row['keras_infer_ips']:.0f} vs "
                   f"{row['torch_infer_ips']:.0f} ({row['infer_ratio']:.2f})", flush=True)
     backend = keras.backend.backend()
-    return {"rows": rows, "threads": torch.get_num_threads(),
+    return {"rows": rows, "threads": torch.get_num_threads(), "malloc_keeps_freed_memory": malloc,
             "versions": {"keras": keras.__version__, "torch": torch.__version__,
                          backend: __import__(backend).__version__}}
 
@@ -444,10 +460,14 @@ def main(argv=None):
                         help="also time torch.compile'd training and inference (slow to compile "
                              "on a CPU)")
     parser.add_argument("--json", default=os.path.join(ROOT, "reports", "throughput_benchmark.json"))
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (run.py raises them "
+                             "on the PyTorch backend; see training/allocator.py)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--backend-child", help=argparse.SUPPRESS)  # JSON output path
     args = parser.parse_args(argv)
     if args.memory_child:
+        tune_allocator(args)
         print(json.dumps({"peak_mb": memory_child(args.memory_child, args.models[0],
                                                   args.precision[0], args.steps)}))
         return 0
@@ -487,6 +507,7 @@ def main(argv=None):
         result["rows"] += part["rows"]
         result["versions"].update(part["versions"])
         result["threads"] = part["threads"]
+        result.setdefault("malloc_keeps_freed_memory", {})[backend] = part["malloc_keeps_freed_memory"]
     by_key = {(row["experiment"], row["precision"]): row for row in best_rows(result["rows"])}
     result["bf16_speedup"] = {
         name: (by_key[(name, "bf16")]["keras_train_ips"] / by_key[(name, "fp32")]["keras_train_ips"],

@@ -35,7 +35,7 @@ from data.normalize import Normalizer
 from data.pipeline import CifarBatches, EpochSync
 from models import build_model, count_params
 from plots.run_plots import write_run_plots
-from training import record, schedules, transfer
+from training import allocator, record, schedules, transfer
 from training.distribute import DistributeError, placement as make_placement
 from training.optimizers import build_optimizer
 from training.recipe import RecipeError, validate
@@ -317,6 +317,8 @@ def train(recipe, options):
         "deterministic": options.deterministic,
         "precision": options.precision,
         "backend": keras.backend.backend(),
+        # glibc keeps freed memory for reuse on the PyTorch backend (training/allocator.py).
+        "malloc_keeps_freed_memory": allocator.tune_for_backend(keras.backend.backend()),
         "versions": _versions(),
         "git_commit": record.git_commit(),
         "command": " ".join(sys.argv),
