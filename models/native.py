@@ -23,6 +23,7 @@ import weakref
 
 import keras
 from keras import layers, ops, tree
+from keras.src import backend as keras_backend
 
 # Tests flip this to compare against Keras's own implementation in one process.
 NATIVE_TORCH = True
@@ -134,11 +135,16 @@ class BatchNormalization(layers.BatchNormalization):
         import torch
 
         # As Keras: statistics in float32 (or wider) whatever the compute dtype.
-        # Torch's own casts: `.to` is free when the dtype already matches, which
-        # it does in float32 (Keras's ops.cast costs ~15 us a call in Python).
+        # Keras upcasts a bf16/fp16 input, normalises and casts back; PyTorch's
+        # batch_norm takes the bf16/fp16 input with float32 parameters and
+        # statistics as they are and computes in float32 inside the kernel
+        # (the same numbers, without two copies of the activation). Torch's own
+        # casts: `.to` is free when the dtype already matches (Keras's ops.cast
+        # costs ~15 us a call in Python).
         inputs = _as_tensor(inputs)
         dtype = torch.promote_types(inputs.dtype, torch.float32)
-        channels_first = _channels_last_view(inputs.to(dtype))
+        half = inputs.dtype in (torch.bfloat16, torch.float16)
+        channels_first = _channels_last_view(inputs if half else inputs.to(dtype))
         gamma = self.gamma.value.to(dtype) if self.scale else None
         beta = self.beta.value.to(dtype) if self.center else None
         if training and self.trainable:
@@ -146,8 +152,8 @@ class BatchNormalization(layers.BatchNormalization):
             # buffers with momentum 1 (the variance with Bessel's correction,
             # undone here); Keras's moving averages are then updated from them.
             channels = channels_first.shape[1]
-            mean = channels_first.new_zeros(channels)
-            variance = channels_first.new_ones(channels)
+            mean = torch.zeros(channels, dtype=dtype, device=channels_first.device)
+            variance = torch.ones(channels, dtype=dtype, device=channels_first.device)
             outputs = torch.nn.functional.batch_norm(
                 channels_first, mean, variance, gamma, beta, training=True, momentum=1.0,
                 eps=self.epsilon)
@@ -164,7 +170,7 @@ class BatchNormalization(layers.BatchNormalization):
 
 
 # Keras layers whose __call__ adds nothing to call() for the tensors met inside
-# a float32 network: no masks, sublayers, input casts or variable autocasting.
+# a network but dtype handling (which _with_dtypes does): no masks or sublayers.
 # A layer of the suite's own opts in with a class attribute `direct_call = True`.
 _DIRECT_LAYERS = (layers.Conv2D, layers.DepthwiseConv2D, layers.BatchNormalization, layers.ReLU,
                   layers.Activation, layers.Add, layers.Multiply, layers.ZeroPadding2D,
@@ -189,9 +195,9 @@ def _direct_call(operation, training):
     return call
 
 
-# Each Network's execution plans on the PyTorch backend, {training: plan}, kept
-# outside the model so that copying or saving a model never carries a plan
-# whose tensor ids belong to another graph.
+# Each Network's execution plans on the PyTorch backend, {(training, autocast
+# dtype): plan}, kept outside the model so that copying or saving a model never
+# carries a plan whose tensor ids belong to another graph.
 _PLANS = weakref.WeakKeyDictionary()
 
 
@@ -205,27 +211,26 @@ class Network(keras.Model):
     backend (dtype and structure checks, call-context bookkeeping, torch
     module hooks): 21 ms of a batch-1 ResNet-20 forward against 8 ms without
     it, and about 15% of a 128-image inference. Only layers for which
-    __call__ adds nothing are called directly (see `_DIRECT_LAYERS`); the
-    rest, mixed-precision layers, masks, and calls without an explicit
-    training flag go through Keras's Functional.call unchanged. On TensorFlow
-    and JAX the graph is traced and compiled, so it is Keras's model as is.
+    __call__ adds nothing but dtype handling are called directly (see
+    `_DIRECT_LAYERS`), with that dtype handling (input casts, autocast scopes)
+    done as __call__ does it; other layers keep their __call__, and masks and
+    calls without an explicit training flag go through Keras's Functional.call
+    unchanged. On TensorFlow and JAX the graph is traced and compiled, so it is
+    Keras's model as is.
     """
 
-    def _one_precision(self):
-        """Every layer computes in its variables' dtype (no mixed precision), so
-        no layer's input needs the cast that __call__ would make."""
-        return all(layer.dtype_policy.compute_dtype == layer.dtype_policy.variable_dtype
-                   for layer in self.layers)
-
     def call(self, inputs, training=None, mask=None, **kwargs):
-        if not (_use_torch() and isinstance(training, bool) and mask is None and not kwargs
-                and self._one_precision()):
+        if not (_use_torch() and isinstance(training, bool) and mask is None and not kwargs):
             return super().call(inputs, training=training, mask=mask, **kwargs)
+        # The autocast scope that Model.__call__ opened (mixed precision) decides
+        # which scope, if any, each layer's own __call__ would open.
+        scope = keras_backend.get_autocast_scope()
+        key = (training, None if scope is None else scope.dtype)
         plans = _PLANS.setdefault(self, {})
-        if training not in plans:
-            plans[training] = self._torch_plan(training)
+        if key not in plans:
+            plans[key] = self._torch_plan(training, key[1] if scope is not None else _NO_SCOPE)
         tensors = dict(zip(self._input_ids, tree.flatten(self._standardize_inputs(inputs))))
-        for call, single, bind, outputs, release in plans[training]:
+        for call, single, bind, outputs, release in plans[key]:
             if single is not None:
                 result = call(tensors[single])
             else:
@@ -243,7 +248,7 @@ class Network(keras.Model):
             return outputs[0]
         return outputs
 
-    def _torch_plan(self, training):
+    def _torch_plan(self, training, scope_dtype=None):
         """The graph as a list of steps, in Functional's order, each step
         (callable, id of its single input tensor or None, a function from the
         computed tensors to its (args, kwargs), ids of its outputs, ids of the
@@ -276,6 +281,8 @@ class Network(keras.Model):
             call = _direct_call(operation, training)
             if call is None:
                 call = _with_training(operation, training)
+            else:
+                call = _with_dtypes(operation, call, scope_dtype)
             single = node.arguments._single_positional_tensor
             release = {id(x) for x in node.input_tensors
                        if last_reader[id(x)] == index and id(x) not in kept}
@@ -286,6 +293,50 @@ class Network(keras.Model):
     @property
     def _input_ids(self):
         return [id(x) for x in self.inputs]
+
+
+_NO_SCOPE = object()  # no autocast scope open (a float32 model's __call__)
+
+
+def _with_dtypes(layer, call, scope_dtype):
+    """`call` with what Layer.__call__ does about dtypes: floating inputs cast to
+    the layer's input dtype, and the autocast scope (variables read in the
+    compute dtype) that __call__ would open, given the scope open around the
+    model (`scope_dtype`, or _NO_SCOPE). A float32 layer in a float32 model
+    needs neither and gets `call` itself."""
+    backend = keras_backend
+    if scope_dtype is _NO_SCOPE:
+        new_scope = (layer.compute_dtype if layer.compute_dtype != layer.variable_dtype
+                     else _NO_SCOPE)
+    elif not layer.autocast or not backend.is_float_dtype(layer.compute_dtype):
+        new_scope = None
+    elif scope_dtype != layer.compute_dtype:
+        new_scope = layer.compute_dtype
+    else:
+        new_scope = _NO_SCOPE
+    cast_to = (_torch_dtype(layer.input_dtype)
+               if layer.autocast and layer._convert_input_args
+               and backend.is_float_dtype(layer.input_dtype) else None)
+    if new_scope is _NO_SCOPE and (cast_to is None or layer.input_dtype == "float32"
+                                    and scope_dtype is _NO_SCOPE):
+        return call  # float32 throughout: nothing to cast, no scope
+
+    def cast(value):
+        if isinstance(value, list):
+            return [cast(item) for item in value]
+        if (cast_to is not None and hasattr(value, "dtype") and value.dtype.is_floating_point
+                and value.dtype != cast_to):
+            return value.to(cast_to)
+        return value
+
+    def mixed_call(*args, **kwargs):
+        args = [cast(value) for value in args]
+        if new_scope is _NO_SCOPE:
+            return call(*args, **kwargs)
+        with backend.AutocastScope(new_scope):
+            return call(*args, **kwargs)
+
+    return mixed_call
 
 
 def _binder(arguments):

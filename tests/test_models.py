@@ -257,10 +257,28 @@ outputs = {{id(x) for x in model.outputs}}
 print("plan", len(plan), len(released) == len(set(k for k, _ in released)),
       all(index == max(readers[key]) for key, index in released),
       set(k for k, _ in released) == set(readers) - outputs)
-keras.config.set_dtype_policy("mixed_bfloat16")  # casts between layers: Keras's __call__ does them
+# Mixed precision: the plan casts inputs and opens the autocast scopes as each
+# layer's __call__ would, so its result equals Functional.call's (training=None
+# takes Keras's own walk) bit for bit.
+keras.config.set_dtype_policy("mixed_bfloat16")
+model = build()
 before = calls["direct"]
-out = build()(x, training=False)
-print("mixed", calls["direct"] - before, out.dtype)
+out = model(x, training=False)
+direct = calls["direct"] - before
+reference = model(x)
+print("mixed", direct, out.dtype, float((out.float() - reference.float()).abs().max()))
+# And against Keras's own layers in bf16 (BatchNorm takes the bf16 input with
+# float32 statistics in one kernel there): training outputs and input gradients.
+mixed = []
+for use_native in (True, False):
+    native.NATIVE_TORCH = use_native
+    images = torch.tensor(x, requires_grad=True)
+    out = build()(images, training=True)
+    out.float().square().sum().backward()
+    mixed.append([out.detach().float().numpy(), images.grad.numpy()])
+native.NATIVE_TORCH = True
+print("mixed_worst", max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+                         for a, b in zip(*mixed)))
 """
 
 
@@ -278,7 +296,8 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     # Network calls its eleven layers' call() directly, training and inferring.
     assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 22}", result.stdout
     assert lines["keras"] == "{'conv': 0, 'batch_norm': 0, 'direct': 0}", result.stdout
-    assert lines["mixed"] == "0 torch.bfloat16", result.stdout
+    assert lines["mixed"] == "11 torch.bfloat16 0.0", result.stdout
+    assert float(lines["mixed_worst"]) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
     assert lines["plan"] == "11 True True True", result.stdout
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
