@@ -11,6 +11,7 @@ the original's last layer did.
 import keras
 from keras import layers, regularizers
 
+from models import layers as tl
 from models import native
 
 from models.registry import register
@@ -62,7 +63,7 @@ def vgg_cnn(num_classes=10, *, blocks=3, norm=None, pool_dropout=(), dense_dropo
         x = norm_layer(norm, name="dense_norm")(x)
     if dense_dropout:
         x = layers.Dropout(dense_dropout, name="dense_drop")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype=tl.LOGITS_DTYPE)(x)
     return native.Network(inputs, outputs, name=name)
 
 
@@ -150,7 +151,7 @@ def kth_resnet(num_classes=10, *, stages, widths, stem, l2, dropout=0.0,
         x = layers.Flatten(name="flatten")(x)
     else:
         x = layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype=tl.LOGITS_DTYPE)(x)
     return native.Network(inputs, outputs, name=name)
 
 

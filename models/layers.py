@@ -66,11 +66,17 @@ def batch_norm(x, *, name):
     return native.BatchNormalization(**TORCH_BN, name=name)(x)
 
 
+# The classifier computes its logits in float32 under a mixed-precision policy
+# too (as Keras's mixed-precision guide advises): bf16 logits carry 8 bits of
+# mantissa into the softmax. One small matmul; under float32 it changes nothing.
+LOGITS_DTYPE = "float32"
+
+
 def dense(x, units, *, name, init=None):
     """A PyTorch nn.Linear (logits out)."""
     return layers.Dense(
         units, kernel_initializer=init or torch_kernel_init(),
-        bias_initializer=torch_uniform(x.shape[-1]), name=name,
+        bias_initializer=torch_uniform(x.shape[-1]), name=name, dtype=LOGITS_DTYPE,
     )(x)
 
 

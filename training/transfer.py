@@ -14,6 +14,7 @@ import os
 import keras
 
 from models import native
+from models.layers import LOGITS_DTYPE
 
 
 class TransferError(RuntimeError):
@@ -54,7 +55,7 @@ def transfer_model(path, num_classes, input_shape=(32, 32, 3)):
         raise TransferError(f"{path} does not end in a Dense classifier "
                             f"(its last layer is {type(classifier).__name__}).")
     features = classifier.input
-    head = keras.layers.Dense(num_classes, name="transfer_head")(features)
+    head = keras.layers.Dense(num_classes, name="transfer_head", dtype=LOGITS_DTYPE)(features)
     return native.Network(source.input, head, name=f"{source.name}_transfer")
 
 
