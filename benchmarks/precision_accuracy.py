@@ -1,7 +1,8 @@
 """Does mixed precision learn as well as float32? Short real-data runs, side by side.
 
     python benchmarks/precision_accuracy.py --data-dir DIR [--experiment resnet20]
-        [--precision fp32 bf16] [--seeds 0 1] [--epochs 4] [--train-images 10000]
+        [--precision fp32 bf16] [--seeds 0 1 2] [--epochs 6] [--train-images 20000]
+        [--data-label TEXT]
 
 Trains the experiment with each precision and seed through experiments/run.py
 (a normal run record for each, under --output-dir, so an interrupted comparison
@@ -95,9 +96,10 @@ def main(argv=None):
     parser.add_argument("--experiment", default="resnet20")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
                         choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train-images", type=int, default=10000)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train-images", type=int, default=20000)
+    parser.add_argument("--data-label", help="what the data is, for the report (default: its path)")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "runs", "precision"))
     parser.add_argument("--json", default=os.path.join(ROOT, "reports", "precision_accuracy.json"))
     args = parser.parse_args(argv)
@@ -115,7 +117,7 @@ def main(argv=None):
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "experiment": args.experiment,
               "epochs": args.epochs, "train_images": args.train_images,
               "backend": config["backend"], "keras": keras.__version__,
-              "device": device_description(), "data_source": config["data_source"],
+              "device": device_description(), "data_source": args.data_label or config["data_source"],
               "runs": runs, "summary": summarise(runs, args.precision)}
     record.write_json(args.json, result)
     record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))

@@ -39,8 +39,10 @@ DEFAULT_MODELS = ["modified_resnet", "resnet_deep", "mobilenetv2", "se_resnet_mi
 BATCH = 128
 
 # What was tried to make the Keras step faster, and what each gave (resnet20
-# training, batch 128, fp32, this 2-core CPU, images/s; the tables below are the
-# benchmark's own measurements).
+# training, batch 128, fp32, 2 cores, images/s; the tables below are the
+# benchmark's own measurements). The machine changed between rounds: the notes
+# up to the bf16 one ran on an AVX2-only CPU, the later ones on an AVX-512 CPU
+# with avx512_bf16, about 1.6x as fast.
 NOTES = [
     "Benchmark fix: PyTorch's optimizer is built anew for each timed run. Reusing one "
     "left its momentum buffers in NCHW while channels-last was timed, which halved "
@@ -84,7 +86,7 @@ NOTES = [
     "through about ten Keras ops each; on the PyTorch backend they now use torch._foreach "
     "kernels, as Keras's own SGD and Adam do there: a ResNet-20 update (59 variables) "
     "14.0 -> 3.4 ms for SGD, 74.7 -> 16.0 ms for Adam.",
-    "bf16 on this CPU (AVX2, no AVX-512 or AMX): oneDNN has no bf16 convolution here, so "
+    "bf16 on the AVX2 machine (no AVX-512 or AMX): oneDNN has no bf16 convolution there, so "
     "PyTorch (and Keras on it) runs bf16 convolutions in aten::_slow_conv2d_forward "
     "(im2col and a GEMM; 99.9% of a bf16 convolution's time in torch.profiler): 116 ms "
     "against 17 ms in fp32 for one 3x3 16-channel convolution of 128 images. Nothing on "
@@ -92,6 +94,39 @@ NOTES = [
     "torch.compile through Keras (jit_compile=True) for prediction: 1,099 img/s against 1,233 "
     "for the eager port before the padding fix; dynamo breaks the graph at Keras layers and hits its recompile limit, "
     "while torch.compile of the whole PyTorch module reached 1,765 (ResNet-20, batch 128).",
+    "Page faults (AVX-512 machine): glibc gives every allocation above its mmap threshold "
+    "fresh pages and returns freed memory to the kernel, so each batch faulted its "
+    "activations in again: ResNet-20 inference at batch 128 took ~30,000 page faults and "
+    "35 of ~75 ms in the kernel a batch, for eager PyTorch and Keras alike. "
+    "training/allocator.py raises glibc's mmap and trim thresholds to 1 GiB on the PyTorch "
+    "backend (run.py and this benchmark, for the whole process, so PyTorch gets it too): "
+    "no faults, inference 75 -> 40-45 ms a batch, training 792 -> 933 (Keras) and 780 -> 966 "
+    "(PyTorch) for ResNet-20, 108 -> 147 and 120 -> 142 for ModifiedResNet "
+    "(reports/throughput_default_malloc.md is this benchmark without it).",
+    "native.Network now runs a plan built once per training flag and releases each "
+    "activation after its last reader; Functional's walk kept every activation alive until "
+    "the call returned, so with glibc's defaults inference faulted 3x as many pages "
+    "(11.7k against ~30k a batch; 59-63 ms against 80-106 for eager PyTorch, same process). "
+    "The plan binds the argument shapes a CNN records (one tensor, or a list for Add and "
+    "Multiply) by index instead of Keras's tree walks, and the kernels take torch tensors "
+    "without convert_to_tensor's dispatch: a batch-1 ResNet-20 forward 4.0 -> 2.7 ms "
+    "(eager PyTorch 1.2 ms); what is left is the outer Model.__call__ and each layer's "
+    "Python, about 1.5 ms a forward.",
+    "bf16 on the AVX-512 machine (avx512_bf16, no AMX): oneDNN has bf16 convolutions there. "
+    "Keras's mixed precision went through Keras's full __call__ per layer (input casts, "
+    "autocast scopes) and its BatchNorm cast each activation to float32 and back: ResNet-20 "
+    "1,080 img/s against 1,302 for PyTorch AMP. Network's plan now does those casts and "
+    "scopes itself (bit-equal to Functional.call), and BatchNorm hands PyTorch the bf16 "
+    "input with float32 statistics, which its kernel computes in float32: 1,413 against "
+    "1,381, 1.50x Keras's fp32.",
+    "MobileNetV2 fp32 inference (AVX-512 machine) was 0.72 of PyTorch in the benchmark run; "
+    "its activations are large (128 x 32 x 32 x 112 floats, 59 MB), and in a separate "
+    "paired script the PyTorch port took 780-820 ms a batch with 400,000 page faults against "
+    "190-235 ms and none for Keras: with such tensors the state of the glibc heap, not either "
+    "framework's compute, decides. Not resolved.",
+    "TensorFlow backend on the AVX-512 machine: XLA off trained ResNet-20 at 725 img/s "
+    "against 458 with XLA (on the AVX2 machine XLA was the faster, 243 against 130), still "
+    "below Keras on PyTorch (971); run.py keeps Keras's default there.",
     "The input pipeline (crop, flip, normalisation on the host) is 0.6-1.2% of a training "
     "step (benchmarks/augment.py), and the weight decay is part of the optimizer's update "
     "(no extra loss terms), so neither was a lever.",
@@ -101,6 +136,20 @@ NOTES = [
 def resident_mb():
     with open("/proc/self/statm") as stream:
         return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_description():
+    """The CPU's model and the vector extensions that decide fp32 and bf16 speed."""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            info = stream.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    model = fields.get("model name\t", "").strip() or platform.machine()
+    flags = set(fields.get("flags\t\t", "").split())
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+    return f"{model} ({', '.join(flag for flag in wanted if flag in flags) or 'no AVX2'})"
 
 
 def synthetic_split(images, seed=0):
@@ -373,7 +422,8 @@ def table(result):
              f"Keras {versions['keras']} on each backend ({', '.join(result['backends'])}) "
              f"against PyTorch {versions['torch']} (eager; the faster of NCHW and channels-last), "
              f"measured in the same process as each backend's Keras, alternating; batch {BATCH}, "
-             f"{result['threads']} threads, {result['device']}, {result['steps']} timed steps "
+             f"{result['threads']} threads, {result['device']}, {result.get('cpu', '')}, "
+             f"{result['steps']} timed steps "
              f"after warm-up, median of {result['rounds']} round(s); {result['date']}.", "",
              "glibc keeps freed memory for reuse (training/allocator.py, as run.py sets it; "
              "both frameworks share the process): "
@@ -418,7 +468,7 @@ def table(result):
     lines += ["", "Ratios are Keras / PyTorch (above 1: Keras is faster; for memory, above 1: "
               "Keras uses more). Targets: train and inference ratio >= 1.0, memory ratio <= 1.5, "
               "bf16 training >= 1.5x fp32.", "", "## What was tried", ""]
-    lines += [f"- {note}" for note in NOTES] + [""]
+    lines += [f"- {note}" for note in result["notes"]] + [""]
     return "\n".join(lines)
 
 
@@ -463,6 +513,9 @@ def main(argv=None):
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc thresholds as they are (run.py raises them "
                              "on the PyTorch backend; see training/allocator.py)")
+    parser.add_argument("--notes-only", action="store_true",
+                        help="measure nothing: bring the notes of --json's report (and its "
+                             ".md table) up to date with this file's")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--backend-child", help=argparse.SUPPRESS)  # JSON output path
     args = parser.parse_args(argv)
@@ -474,6 +527,14 @@ def main(argv=None):
     if args.backend_child:
         with open(args.backend_child, "w") as stream:
             json.dump(backend_rows(args), stream)
+        return 0
+    if args.notes_only:
+        from training import record
+
+        result = record.read_json(args.json)
+        result["notes"] = NOTES
+        record.write_json(args.json, result)
+        record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
         return 0
     if args.steps < 1 or args.rounds < 1:
         parser.error(f"--steps and --rounds must be >= 1; got {args.steps}, {args.rounds}")
@@ -489,7 +550,7 @@ def main(argv=None):
     from training.engine import device_description
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-              "device": device_description(), "backends": args.backends,
+              "device": device_description(), "cpu": cpu_description(), "backends": args.backends,
               "versions": {"python": platform.python_version()},
               "steps": args.steps, "rounds": args.rounds, "notes": NOTES, "rows": []}
     child_args = list(argv if argv is not None else sys.argv[1:])

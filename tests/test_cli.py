@@ -84,6 +84,7 @@ def test_quick_run_writes_the_whole_run_record(shared_cifar10, tmp_path):
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["recipe"]["model_args"] == {"stages": [3, 3, 3], "widths": [64, 128, 256]}
     assert config["backend"] == "tensorflow" and config["seed"] == 0 and config["quick"]
+    assert config["malloc_keeps_freed_memory"] is False  # raised on the PyTorch backend only
     assert config["validation"] == "test set" and "keras" in config["versions"]
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert (metrics["trainable_params"], metrics["non_trainable_params"]) == (4_332_304, 7_686)
