@@ -82,16 +82,23 @@ def resident_megabytes():
 FATAL_EXIT = 3  # a trial process that stopped on bad data, a bad recipe or a run error
 
 
-def die_with_parent():
-    """Linux: the trial process is killed when the search process dies (even by
-    SIGKILL), so a rerun never races an orphaned trial for its run folder."""
+def die_with_parent(parent_pid):
+    """Linux: this trial process is killed when the search process dies (even by
+    SIGKILL), so a rerun never races an orphaned trial for its run folder.
+
+    Called by the trial process itself, not as subprocess's preexec_fn: that
+    would run Python between fork and exec in the multithreaded search process,
+    where gRPC's fork handlers (KerasTuner's oracle client of a distributed
+    search) now and then aborted the child with an epoll error."""
     try:
         import ctypes
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the search died before the signal was armed: nobody waits for this trial
 
 
 def run_trial_process(args, edits, runs_dir, run_id):
@@ -105,10 +112,9 @@ def run_trial_process(args, edits, runs_dir, run_id):
 
     spec = {"base": SEARCHES[args.search].base, "edits": list(args.set) + list(edits),
             "runs_dir": runs_dir, "run_id": run_id, "seed": args.seed,
-            "data_dir": args.data_dir, "quick": args.quick}
+            "data_dir": args.data_dir, "quick": args.quick, "parent_pid": os.getpid()}
     result = subprocess.run([sys.executable, os.path.abspath(__file__), "--trial", json.dumps(spec)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     if result.returncode == FATAL_EXIT:
         raise keras_tuner.errors.FatalError(message.removeprefix("error: "))
@@ -362,7 +368,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.trial:
-        return train_trial(json.loads(args.trial))
+        spec = json.loads(args.trial)
+        if sys.platform.startswith("linux"):
+            die_with_parent(spec.get("parent_pid"))
+        return train_trial(spec)
     if args.list:
         for search in SEARCHES.values():
             budget = f", budget {search.budget:,} parameters" if search.budget else ""

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+import models  # noqa: F401  registers the suite's layers, so load_model can rebuild best.keras
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = os.path.join(ROOT, "experiments", "tune.py")
 # Tiny trials: one quick epoch, and paper 004's one-block CNN in place of ResNet-20
