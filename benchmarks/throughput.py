@@ -188,7 +188,10 @@ class Case:
             self.model = build_model(recipe.model, 10, **recipe.model_args)
         self.compile = lambda jit: compile_model(self.model, recipe, recipe.optimizer,
                                                  {"kind": "constant"}, jit_compile=jit)
-        self.port = TorchPort(self.model)
+        # PyTorch on the GPU where there is one (as Keras's JAX and PyTorch backends
+        # place themselves), else on the CPU.
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.port = TorchPort(self.model).to(self.device)
         self.params = count_params(self.model)[0]
         if parameter_count(self.port) != self.params:
             raise SystemExit(f"error: the PyTorch port of {experiment} has "
@@ -213,6 +216,9 @@ class Case:
                 self.ends = []
 
             def on_train_batch_end(self, batch, logs=None):
+                # The step's loss as a number: on an accelerator the step has
+                # then finished, not only been dispatched.
+                keras.ops.convert_to_numpy(logs["loss"])
                 self.ends.append(time.perf_counter())
 
         clock = StepClock()
@@ -255,12 +261,16 @@ class Case:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = {"bf16": self.torch.bfloat16, "fp16": self.torch.float16}[self.precision]
-        return self.torch.autocast("cpu", dtype=dtype)
+        return self.torch.autocast(self.device, dtype=dtype)
 
     def _tensor(self, array, layout):
         torch = self.torch
-        tensor = torch.from_numpy(array).permute(0, 3, 1, 2)  # NHWC view -> NCHW logical
+        tensor = torch.from_numpy(array).to(self.device).permute(0, 3, 1, 2)  # NCHW logical
         return tensor.contiguous(memory_format=layout)
+
+    def _synchronize(self):
+        if self.device == "cuda":  # kernels run asynchronously: wait before reading the clock
+            self.torch.cuda.synchronize()
 
     def torch_train(self, layout, compiled=False):
         torch = self.torch
@@ -272,7 +282,7 @@ class Case:
         def step(index):
             images, labels = self.batches[index % len(self.batches)]
             x = self._tensor(images, layout)
-            y = torch.from_numpy(labels)
+            y = torch.from_numpy(labels).to(self.device)
             with self._autocast():
                 loss = torch.nn.functional.cross_entropy(port(x), y, label_smoothing=self.smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -283,9 +293,11 @@ class Case:
 
         for index in range(2):
             step(index)
+        self._synchronize()
         started = time.perf_counter()
         for index in range(self.steps):
             step(index)
+        self._synchronize()
         return BATCH * self.steps / (time.perf_counter() - started)
 
     def torch_infer(self, layout, compiled=False):
@@ -299,7 +311,7 @@ class Case:
         def predict(batches):
             with torch.no_grad(), self._autocast():
                 for _ in range(batches):
-                    port(self._tensor(self.eval_images, layout)).float().numpy()
+                    port(self._tensor(self.eval_images, layout)).float().cpu().numpy()
 
         predict(2)  # warm-up (and compilation)
         started = time.perf_counter()
