@@ -185,15 +185,10 @@ def _direct_call(operation, training):
             or operation.activity_regularizer is not None
             or getattr(operation, "quantization_mode", None) is not None):
         return None
-    if not operation._call_has_training_arg:
-        return operation.call
+    return _with_training(operation.call, operation, training)
 
-    def call(*args, **kwargs):
-        kwargs["training"] = training  # the model's flag wins, as in Functional.call
-        return operation.call(*args, **kwargs)
 
-    return call
-
+_NO_SCOPE = object()  # no autocast scope open (a float32 model's __call__)
 
 # Each Network's execution plans on the PyTorch backend, {(training, autocast
 # dtype): plan}, kept outside the model so that copying or saving a model never
@@ -240,15 +235,15 @@ class Network(keras.Model):
                 tensors[outputs[0]] = result
             else:
                 tensors.update(zip(outputs, tree.flatten(result)))
-            for key in release:
-                del tensors[key]
+            for released in release:
+                del tensors[released]
         outputs = tree.pack_sequence_as(self._outputs_struct,
                                         [tensors[id(x)] for x in self.outputs])
         if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
             return outputs[0]
         return outputs
 
-    def _torch_plan(self, training, scope_dtype=None):
+    def _torch_plan(self, training, scope_dtype=_NO_SCOPE):
         """The graph as a list of steps, in Functional's order, each step
         (callable, id of its single input tensor or None, a function from the
         computed tensors to its (args, kwargs), ids of its outputs, ids of the
@@ -280,7 +275,7 @@ class Network(keras.Model):
             operation = self._get_operation_for_node(node)
             call = _direct_call(operation, training)
             if call is None:
-                call = _with_training(operation, training)
+                call = _with_training(operation, operation, training)
             else:
                 call = _with_dtypes(operation, call, scope_dtype)
             single = node.arguments._single_positional_tensor
@@ -293,9 +288,6 @@ class Network(keras.Model):
     @property
     def _input_ids(self):
         return [id(x) for x in self.inputs]
-
-
-_NO_SCOPE = object()  # no autocast scope open (a float32 model's __call__)
 
 
 def _with_dtypes(layer, call, scope_dtype):
@@ -357,13 +349,15 @@ def _binder(arguments):
     return arguments.fill_in
 
 
-def _with_training(operation, training):
-    """The operation's full __call__, with the model's training flag where it takes one."""
+def _with_training(function, operation, training):
+    """`function` (the operation's __call__ or call) with the model's training
+    flag where the operation takes one: the model's flag wins, as in
+    Functional.call."""
     if not getattr(operation, "_call_has_training_arg", False):
-        return operation
+        return function
 
     def call(*args, **kwargs):
         kwargs["training"] = training
-        return operation(*args, **kwargs)
+        return function(*args, **kwargs)
 
     return call
