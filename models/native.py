@@ -71,9 +71,10 @@ def _native_conv(layer, inputs):
     return _use_torch(layer.data_format) and None not in inputs.shape[1:3]
 
 
-def _torch_conv2d(inputs, kernel_oihw, layer, groups):
+def _torch_conv2d(inputs, kernel_oihw, layer, groups, bias=None):
     """NHWC in, NHWC out, through oneDNN's channels-last convolution (no copies
-    but for an asymmetric "same" padding)."""
+    but for an asymmetric "same" padding); `bias`, where given, is added by the
+    convolution itself."""
     import torch
 
     x = _channels_last_view(inputs)
@@ -85,14 +86,18 @@ def _torch_conv2d(inputs, kernel_oihw, layer, groups):
         else:  # PyTorch's padding argument is symmetric: pad explicitly
             x = torch.nn.functional.pad(x, (left, right, top, bottom)).contiguous(
                 memory_format=torch.channels_last)
-    outputs = torch.nn.functional.conv2d(x, kernel_oihw, stride=layer.strides, padding=padding,
-                                         dilation=layer.dilation_rate, groups=groups)
+    outputs = torch.nn.functional.conv2d(x, kernel_oihw, bias, stride=layer.strides,
+                                         padding=padding, dilation=layer.dilation_rate,
+                                         groups=groups)
     return outputs.permute(0, 2, 3, 1)
 
 
-def _bias_and_activation(layer, outputs, channels):
-    if layer.use_bias:
-        outputs = ops.add(outputs, ops.reshape(layer.bias, (1, 1, 1, channels)))
+def _native_conv_call(layer, inputs):
+    """A convolution layer's call on the PyTorch kernels: the bias added by the
+    convolution itself, as PyTorch's Conv2d adds it (Keras adds it in a second
+    pass over the whole activation)."""
+    bias = ops.convert_to_tensor(layer.bias) if layer.use_bias else None
+    outputs = _torch_conv2d(inputs, layer.torch_kernel(), layer, _groups(layer), bias)
     return layer.activation(outputs) if layer.activation is not None else outputs
 
 
@@ -100,12 +105,15 @@ def _bias_and_activation(layer, outputs, channels):
 class Conv2D(layers.Conv2D):
     __doc__ = layers.Conv2D.__doc__
 
-    def convolution_op(self, inputs, kernel):
+    def call(self, inputs):
         if not _native_conv(self, inputs):
-            return super().convolution_op(inputs, kernel)
-        # Keras's kernel is (h, w, in, out); PyTorch's (out, in, h, w).
-        kernel = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)
-        return _torch_conv2d(inputs, kernel, self, self.groups)
+            return super().call(inputs)
+        return _native_conv_call(self, inputs)
+
+    def torch_kernel(self):
+        """The kernel (read as Keras reads it: in the autocast dtype under mixed
+        precision) in PyTorch's layout: Keras's (h, w, in, out) as (out, in, h, w)."""
+        return ops.convert_to_tensor(self.kernel).permute(3, 2, 0, 1)
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
@@ -115,13 +123,20 @@ class DepthwiseConv2D(layers.DepthwiseConv2D):
     def call(self, inputs):
         if not _native_conv(self, inputs):
             return super().call(inputs)
+        return _native_conv_call(self, inputs)
+
+    def torch_kernel(self):
+        """The kernel (read as Keras reads it) in PyTorch's grouped layout: Keras's
+        (h, w, in, multiplier) as (in * multiplier, 1, h, w); output channel
+        c * multiplier + j in both."""
         height, width, channels, multiplier = self.kernel.shape
-        # Keras's (h, w, in, multiplier) -> PyTorch's grouped (in * multiplier, 1, h, w);
-        # output channel c * multiplier + j in both.
-        kernel = ops.convert_to_tensor(self.kernel).reshape(
+        return ops.convert_to_tensor(self.kernel).reshape(
             height, width, 1, channels * multiplier).permute(3, 2, 0, 1)
-        outputs = _torch_conv2d(inputs, kernel, self, groups=channels)
-        return _bias_and_activation(self, outputs, channels * multiplier)
+
+
+def _groups(layer):
+    """PyTorch's `groups` for a convolution: one per input channel for a depthwise one."""
+    return layer.kernel.shape[2] if isinstance(layer, layers.DepthwiseConv2D) else layer.groups
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
@@ -178,12 +193,17 @@ _DIRECT_LAYERS = (layers.Conv2D, layers.DepthwiseConv2D, layers.BatchNormalizati
                   layers.AveragePooling2D, layers.Flatten, layers.Dropout)
 
 
+def _callable_directly(operation):
+    """Whether Layer.__call__ adds nothing to `operation.call` but dtype handling."""
+    return ((isinstance(operation, _DIRECT_LAYERS) or getattr(operation, "direct_call", False))
+            and operation.activity_regularizer is None
+            and getattr(operation, "quantization_mode", None) is None)
+
+
 def _direct_call(operation, training):
     """`operation.call` with the training flag where it takes one, or None where
     the layer needs Keras's full __call__."""
-    if (not (isinstance(operation, _DIRECT_LAYERS) or getattr(operation, "direct_call", False))
-            or operation.activity_regularizer is not None
-            or getattr(operation, "quantization_mode", None) is not None):
+    if not _callable_directly(operation):
         return None
     return _with_training(operation.call, operation, training)
 
@@ -265,25 +285,68 @@ class Network(keras.Model):
                     continue  # not connected to the inputs, as Functional skips it
                 nodes.append(node)
                 computed.update(id(x) for x in node.outputs)
-        last_reader = {}
+        kept = {id(x) for x in self.outputs}
+        producers = {id(x): index for index, node in enumerate(nodes) for x in node.outputs}
+        readers = {}
         for index, node in enumerate(nodes):
             for x in node.input_tensors:
-                last_reader[id(x)] = index
-        kept = {id(x) for x in self.outputs}
-        plan = []
+                readers.setdefault(id(x), []).append(index)
+
+        def sole_reader(tensor, index):
+            """The producing node of `tensor` where node `index` is its only reader."""
+            key = id(tensor)
+            if key in kept or readers.get(key) != [index] or key not in producers:
+                return None
+            return nodes[producers[key]]
+
+        # Inference in float32: a BatchNormalization that only reads a
+        # convolution runs inside it (_folded_batch_norm), and a ReLU that
+        # only reads a fresh activation overwrites it.
+        inference = not training and scope_dtype is _NO_SCOPE
+        folds = self._batch_norm_folds(nodes, sole_reader) if inference else {}
+        folded = set(folds.values())
+        steps = []  # (callable, single input id, binder, output ids, input ids)
         for index, node in enumerate(nodes):
+            if index in folded:
+                continue  # computed by its convolution's step
             operation = self._get_operation_for_node(node)
-            call = _direct_call(operation, training)
-            if call is None:
-                call = _with_training(operation, operation, training)
+            outputs = node.outputs
+            if index in folds:
+                norm_node = nodes[folds[index]]
+                call = _folded_batch_norm(operation, self._get_operation_for_node(norm_node))
+                outputs = norm_node.outputs
+            elif (inference and _plain_relu(operation) and len(node.input_tensors) == 1
+                  and _fresh_output(sole_reader(node.input_tensors[0], index))):
+                call = _relu_in_place(operation)
             else:
-                call = _with_dtypes(operation, call, scope_dtype)
+                call = _direct_call(operation, training)
+                if call is None:
+                    call = _with_training(operation, operation, training)
+                else:
+                    call = _with_dtypes(operation, call, scope_dtype)
             single = node.arguments._single_positional_tensor
-            release = {id(x) for x in node.input_tensors
-                       if last_reader[id(x)] == index and id(x) not in kept}
-            plan.append((call, None if single is None else id(single), _binder(node.arguments),
-                         tuple(id(x) for x in node.outputs), tuple(release)))
-        return plan
+            steps.append((call, None if single is None else id(single), _binder(node.arguments),
+                          tuple(id(x) for x in outputs), [id(x) for x in node.input_tensors]))
+        last_reader = {key: index for index, step in enumerate(steps) for key in step[4]}
+        return [(call, single, bind, outputs,
+                 tuple({key for key in inputs if last_reader[key] == index and key not in kept}))
+                for index, (call, single, bind, outputs, inputs) in enumerate(steps)]
+
+    def _batch_norm_folds(self, nodes, sole_reader):
+        """{index of a convolution: index of the BatchNormalization that is the
+        only reader of its output}, for the pairs `_folded_batch_norm` can run
+        as one convolution in inference."""
+        folds = {}
+        for index, node in enumerate(nodes):
+            if len(node.input_tensors) != 1 or not _foldable_norm(
+                    self._get_operation_for_node(node), node.input_tensors[0]):
+                continue
+            conv_node = sole_reader(node.input_tensors[0], index)
+            if (conv_node is not None and len(conv_node.outputs) == 1
+                    and conv_node.arguments._single_positional_tensor is not None
+                    and _foldable_conv(self._get_operation_for_node(conv_node))):
+                folds[nodes.index(conv_node)] = index
+        return folds
 
     @property
     def _input_ids(self):
@@ -329,6 +392,96 @@ def _with_dtypes(layer, call, scope_dtype):
             return call(*args, **kwargs)
 
     return mixed_call
+
+
+def _float32(layer):
+    return layer.compute_dtype == layer.variable_dtype == "float32"
+
+
+def _foldable_conv(layer):
+    return (isinstance(layer, (Conv2D, DepthwiseConv2D)) and _float32(layer)
+            and _callable_directly(layer) and layer.data_format == "channels_last"
+            and layer.activation in (None, keras.activations.linear))
+
+
+def _foldable_norm(layer, inputs):
+    return (isinstance(layer, BatchNormalization) and _float32(layer)
+            and _callable_directly(layer) and not layer.renorm
+            and not layer.synchronized and len(inputs.shape) == 4 and layer.axis in (-1, 3))
+
+
+def _folded_batch_norm(conv, norm):
+    """`norm(conv(x))` in inference as one convolution: the BatchNorm's scale
+    folded into the kernel, its shift into the bias (as TensorRT, ONNX Runtime
+    and torch.fx's fuser do for inference). Computes the same function; the
+    rounding differs by about 1e-7 of the output's range.
+
+    Why: inference then makes one pass over each activation instead of two;
+    eager PyTorch (and this suite in training) runs the BatchNorm separately.
+    The folded weights are cached while no variable of the pair changes
+    (torch counts in-place updates in each tensor's _version: an optimizer
+    step, an assign, loading weights); with gradients enabled they are
+    computed anew on each call, so gradients reach the variables."""
+    import torch
+
+    variables = list(conv.variables) + list(norm.variables)
+    cache = {}
+
+    def fold():
+        inverse = torch.rsqrt(norm.moving_variance.value + norm.epsilon)
+        scale = inverse * norm.gamma.value if norm.scale else inverse
+        shift = -norm.moving_mean.value * scale
+        if norm.center:
+            shift = shift + norm.beta.value
+        if conv.use_bias:
+            shift = shift + conv.bias.value * scale
+        kernel = conv.torch_kernel() * scale.reshape(-1, 1, 1, 1)
+        return kernel.contiguous(), shift
+
+    def weights():
+        if torch.is_grad_enabled():
+            return fold()
+        tensors = [variable.value for variable in variables]
+        key = [(id(tensor), tensor._version) for tensor in tensors]
+        if cache.get("key") != key:
+            # The tensors stay referenced with the key, so no id is reused.
+            cache.update(key=key, tensors=tensors, weights=fold())
+        return cache["weights"]
+
+    def call(inputs):
+        if not _native_conv(conv, inputs):
+            return norm.call(conv.call(inputs), training=False)
+        kernel, bias = weights()
+        return _torch_conv2d(inputs, kernel, conv, _groups(conv), bias)
+
+    return call
+
+
+def _plain_relu(layer):
+    return (isinstance(layer, layers.ReLU) and _float32(layer)
+            and _callable_directly(layer) and layer.max_value is None
+            and not layer.negative_slope and not layer.threshold)
+
+
+def _fresh_output(node):
+    """Whether `node` (or None) writes its output into new memory: a view of
+    another tensor must not be overwritten."""
+    return node is not None and isinstance(node.operation, (
+        layers.Conv2D, layers.DepthwiseConv2D, layers.BatchNormalization, layers.Add))
+
+
+def _relu_in_place(layer):
+    """A ReLU that overwrites its input, which no other layer reads: the same
+    values without a new activation (eager PyTorch code does this with
+    nn.ReLU(inplace=True)). Only without gradients: autograd may need the input."""
+    import torch
+
+    def call(inputs):
+        if torch.is_grad_enabled() or type(inputs) is not torch.Tensor:
+            return layer.call(inputs)
+        return torch.relu_(inputs)
+
+    return call
 
 
 def _binder(arguments):

@@ -279,6 +279,49 @@ for use_native in (True, False):
 native.NATIVE_TORCH = True
 print("mixed_worst", max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
                          for a, b in zip(*mixed)))
+# Inference in float32: a BatchNorm that only reads a convolution runs inside it,
+# and a ReLU that only reads a fresh activation overwrites it. Against
+# Functional's walk of the same model: without gradients (folded weights
+# cached), after the variables change, and with gradients (to the kernels).
+keras.config.set_dtype_policy("float32")
+in_place = []
+original_in_place = native._relu_in_place
+native._relu_in_place = lambda layer: in_place.append(layer.name) or original_in_place(layer)
+keras.utils.set_random_seed(0)
+inputs = keras.Input((8, 8, 3))
+conv = native.Conv2D(6, 3, padding="same", use_bias=True)
+norm = native.BatchNormalization()
+depthwise = native.DepthwiseConv2D(3, padding="same", depth_multiplier=2)
+x = keras.layers.ReLU(name="relu_fresh")(norm(conv(inputs)))  # folded
+y = native.BatchNormalization(center=False, scale=False)(depthwise(x))  # folded
+z = native.Conv2D(12, 1)(x)
+z = keras.layers.Add()([z, native.BatchNormalization()(z)])  # z read twice: not folded
+x = keras.layers.ReLU(name="relu_add")(keras.layers.Add()([y, z]))
+x = keras.layers.ReLU(name="relu_view")(keras.layers.Reshape((8, 8, 12))(x))  # a view: not in place
+outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+model = native.Network(inputs, outputs)
+rng = np.random.default_rng(2)
+for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+        for variable in layer.variables:
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+images = torch.tensor(rng.normal(size=(3, 8, 8, 3)).astype("float32"))
+kept = images.clone()
+walk = lambda: super(native.Network, model).call(images, training=False)
+with torch.no_grad():
+    pairs = [(model(images, training=False), walk())]
+    conv.kernel.assign(conv.kernel + 0.1)
+    norm.moving_variance.assign(norm.moving_variance * 3.0)
+    pairs.append((model(images, training=False), walk()))
+results = []
+for function in (lambda: model(images, training=False), walk):
+    out = function()
+    results.append([out.detach(), *torch.autograd.grad(
+        out.square().sum(), [conv.kernel.value, depthwise.kernel.value])])
+pairs += list(zip(*results))
+print("folded", len(model._torch_plan(False)), len(model._torch_plan(True)), sorted(set(in_place)),
+      bool(torch.equal(images, kept)))
+print("folded_worst", max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in pairs))
 """
 
 
@@ -299,6 +342,11 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     assert lines["mixed"] == "11 torch.bfloat16 0.0", result.stdout
     assert float(lines["mixed_worst"]) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
     assert lines["plan"] == "11 True True True", result.stdout
+    # Fourteen layers; two BatchNorms folded into their convolutions in inference;
+    # the ReLUs after a BatchNorm and after an Add overwrite their input, the one
+    # after a Reshape (a view) does not, and the model's input is untouched.
+    assert lines["folded"] == "12 14 ['relu_add', 'relu_fresh'] True", result.stdout
+    assert float(lines["folded_worst"]) < 1e-5, result.stdout
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared
