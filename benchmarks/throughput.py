@@ -130,6 +130,31 @@ NOTES = [
     "The input pipeline (crop, flip, normalisation on the host) is 0.6-1.2% of a training "
     "step (benchmarks/augment.py), and the weight decay is part of the optimizer's update "
     "(no extra loss terms), so neither was a lever.",
+    "Where the training gap of the large networks is (resnet5m_row6, fp32, AVX-512 machine, "
+    "paired in one process): under cProfile, 10 steps spent 6.41-6.43 s in the backward pass "
+    "on Keras against 6.27-6.42 s on PyTorch, 2.57-2.62 against 2.56-2.62 s in the forward "
+    "convolutions and 0.25-0.28 s in BatchNorm on both; Python outside the kernels is under "
+    "1% of a step; neither side page-faults once warm (getrusage). Keras's plan leaves the "
+    "same kernels with the same inputs; the 2-5% that PyTorch's port stays ahead in most "
+    "runs (in the order PyTorch, Keras, Keras, PyTorch, ...: Keras 129-134, PyTorch 132-138 "
+    "img/s) is of the size of one side's run-to-run spread, and no op, copy or allocation "
+    "accounts for it.",
+    "Conv2D and DepthwiseConv2D with a bias: Keras adds it in a second pass over the whole "
+    "activation after the convolution; the native layers now hand it to the convolution, as "
+    "PyTorch's Conv2d does. resnet_deep (21 biased convolutions) trains at 73-76 img/s "
+    "against 71 before, PyTorch 76-77 in the same process.",
+    "Inference (float32): native.Network folds a BatchNormalization that only reads a "
+    "convolution into that convolution's kernel and bias, cached until a variable of the "
+    "pair changes, and a ReLU that only reads a fresh activation overwrites it (what "
+    "nn.ReLU(inplace=True) does). Paired in one process (Keras, PyTorch, PyTorch, Keras, "
+    "...): MobileNetV2 706-742 img/s with the fold alone (PyTorch 527-548 in that process), "
+    "936-997 with both (PyTorch 707-740); resnet5m_row6 1.04x, modified_resnet 1.03x and "
+    "ResNet-20 1.10x eager PyTorch. "
+    "resnet_deep is pre-activation (each BatchNorm reads an Add or a Dropout), so nothing "
+    "folds there. The PyTorch port (BatchNorm2d and nn.ReLU() as modules of their own) does "
+    "neither.",
+    "Benchmark: the rounds alternate which framework runs first, since the first run after "
+    "the other framework's meets the heap and caches that run left.",
 ]
 
 
@@ -342,15 +367,18 @@ def measure(experiment, precision, steps, rounds, torch_compile=False):
     jits = KERAS_VARIANTS[keras.backend.backend()]
     runs = {key: [] for key in [f"keras_{kind}_{name}" for kind in ("train", "infer") for name in jits]
             + [f"torch_{kind}_{name}" for kind in ("train", "infer") for name in layouts]}
-    for _ in range(rounds):  # alternate, so that machine noise hits both frameworks
-        for name, jit in jits.items():
-            runs[f"keras_train_{name}"].append(case.keras_train(jit))
-        for name, layout in layouts.items():
-            runs[f"torch_train_{name}"].append(case.torch_train(layout))
-        for name, jit in jits.items():
-            runs[f"keras_infer_{name}"].append(case.keras_infer(jit))
-        for name, layout in layouts.items():
-            runs[f"torch_infer_{name}"].append(case.torch_infer(layout))
+    timers = {("keras", "train"): case.keras_train, ("keras", "infer"): case.keras_infer,
+              ("torch", "train"): case.torch_train, ("torch", "infer"): case.torch_infer}
+    variants = {"keras": jits, "torch": layouts}
+    # Alternate, so that machine noise hits both frameworks, and swap which goes
+    # first each round (the first run after the other framework's meets a heap
+    # and caches that run left).
+    for round_index in range(rounds):
+        order = ("keras", "torch") if round_index % 2 == 0 else ("torch", "keras")
+        for kind in ("train", "infer"):
+            for framework in order:
+                for name, setting in variants[framework].items():
+                    runs[f"{framework}_{kind}_{name}"].append(timers[framework, kind](setting))
     if torch_compile:  # reported beside the eager reference, not instead of it
         runs["torch_train_compiled"] = [case.torch_train(torch.channels_last, compiled=True)]
         runs["torch_infer_compiled"] = [case.torch_infer(torch.channels_last, compiled=True)]

@@ -8,9 +8,10 @@ convolution (and back in the backward pass), and computes BatchNorm from
 separate mean/square/subtract/multiply ops. An NHWC tensor permuted to NCHW
 *is* a channels-last tensor, so oneDNN can take it as it is, and
 `torch.nn.functional.batch_norm` does the normalisation in one fused kernel
-with its own backward. Measured on a 2-core CPU (ResNet-20 training, batch
-128, benchmarks/throughput.py): the copies and the unfused BatchNorm were
-about a quarter of the step.
+with its own backward; a convolution adds its bias itself instead of in a
+second pass. Measured on a 2-core CPU (ResNet-20 training, batch 128,
+benchmarks/throughput.py): the copies and the unfused BatchNorm were about
+a quarter of the step.
 
 The layers compute the same function with the same variables, and save and
 load as these classes (`cifar_repro>Conv2D`, ...); tests/test_models.py
@@ -230,8 +231,11 @@ class Network(keras.Model):
     `_DIRECT_LAYERS`), with that dtype handling (input casts, autocast scopes)
     done as __call__ does it; other layers keep their __call__, and masks and
     calls without an explicit training flag go through Keras's Functional.call
-    unchanged. On TensorFlow and JAX the graph is traced and compiled, so it is
-    Keras's model as is.
+    unchanged. In float32 inference the plan also folds each BatchNormalization
+    that only reads a convolution into it (`_folded_batch_norm`) and lets a
+    ReLU overwrite an activation no other layer reads (`_relu_in_place`). On
+    TensorFlow and JAX the graph is traced and compiled, so it is Keras's
+    model as is.
     """
 
     def call(self, inputs, training=None, mask=None, **kwargs):
