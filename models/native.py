@@ -303,11 +303,10 @@ class Network(keras.Model):
                 return None
             return nodes[producers[key]]
 
-        # Inference in float32: a BatchNormalization that only reads a
-        # convolution runs inside it (_folded_batch_norm), and a ReLU that
-        # only reads a fresh activation overwrites it.
-        inference = not training and scope_dtype is _NO_SCOPE
-        folds = self._batch_norm_folds(nodes, sole_reader) if inference else {}
+        # Inference: a BatchNormalization that only reads a convolution runs
+        # inside it (_folded_batch_norm), and a ReLU that only reads a fresh
+        # activation overwrites it.
+        folds = {} if training else self._batch_norm_folds(nodes, sole_reader)
         folded = set(folds.values())
         steps = []  # (callable, single input id, binder, output ids, input ids)
         for index, node in enumerate(nodes):
@@ -317,11 +316,12 @@ class Network(keras.Model):
             outputs = node.outputs
             if index in folds:
                 norm_node = nodes[folds[index]]
-                call = _folded_batch_norm(operation, self._get_operation_for_node(norm_node))
+                call = _with_dtypes(operation, _folded_batch_norm(
+                    operation, self._get_operation_for_node(norm_node)), scope_dtype)
                 outputs = norm_node.outputs
-            elif (inference and _plain_relu(operation) and len(node.input_tensors) == 1
+            elif (not training and _plain_relu(operation) and len(node.input_tensors) == 1
                   and _fresh_output(sole_reader(node.input_tensors[0], index))):
-                call = _relu_in_place(operation)
+                call = _with_dtypes(operation, _relu_in_place(operation), scope_dtype)
             else:
                 call = _direct_call(operation, training)
                 if call is None:
@@ -348,7 +348,8 @@ class Network(keras.Model):
             conv_node = sole_reader(node.input_tensors[0], index)
             if (conv_node is not None and len(conv_node.outputs) == 1
                     and conv_node.arguments._single_positional_tensor is not None
-                    and _foldable_conv(self._get_operation_for_node(conv_node))):
+                    and _foldable_conv(self._get_operation_for_node(conv_node))
+                    and conv_node.operation.compute_dtype == node.operation.compute_dtype):
                 folds[nodes.index(conv_node)] = index
         return folds
 
@@ -398,18 +399,18 @@ def _with_dtypes(layer, call, scope_dtype):
     return mixed_call
 
 
-def _float32(layer):
-    return layer.compute_dtype == layer.variable_dtype == "float32"
+def _float32_variables(layer):
+    return layer.variable_dtype == "float32"
 
 
 def _foldable_conv(layer):
-    return (isinstance(layer, (Conv2D, DepthwiseConv2D)) and _float32(layer)
+    return (isinstance(layer, (Conv2D, DepthwiseConv2D)) and _float32_variables(layer)
             and _callable_directly(layer) and layer.data_format == "channels_last"
             and layer.activation in (None, keras.activations.linear))
 
 
 def _foldable_norm(layer, inputs):
-    return (isinstance(layer, BatchNormalization) and _float32(layer)
+    return (isinstance(layer, BatchNormalization) and _float32_variables(layer)
             and _callable_directly(layer) and not layer.renorm
             and not layer.synchronized and len(inputs.shape) == 4 and layer.axis in (-1, 3))
 
@@ -417,8 +418,12 @@ def _foldable_norm(layer, inputs):
 def _folded_batch_norm(conv, norm):
     """`norm(conv(x))` in inference as one convolution: the BatchNorm's scale
     folded into the kernel, its shift into the bias (as TensorRT, ONNX Runtime
-    and torch.fx's fuser do for inference). Computes the same function; the
-    rounding differs by about 1e-7 of the output's range.
+    and torch.fx's fuser do for inference). Computes the same function; in
+    float32 the rounding differs by about 1e-7 of the output's range. Under
+    mixed precision the fold is computed from the float32 variables and cast
+    to the compute dtype once, and the activation is rounded to bf16/fp16
+    once (Keras rounds it after the convolution and again after the
+    BatchNorm).
 
     Why: inference then makes one pass over each activation instead of two;
     eager PyTorch (and this suite in training) runs the BatchNorm separately.
@@ -440,17 +445,20 @@ def _folded_batch_norm(conv, norm):
         if conv.use_bias:
             shift = shift + conv.bias.value * scale
         kernel = conv.torch_kernel() * scale.reshape(-1, 1, 1, 1)
-        return kernel.contiguous(), shift
+        dtype = _torch_dtype(conv.compute_dtype)
+        return kernel.to(dtype).contiguous(), shift.to(dtype)
 
     def weights():
-        if torch.is_grad_enabled():
-            return fold()
-        tensors = [variable.value for variable in variables]
-        key = [(id(tensor), tensor._version) for tensor in tensors]
-        if cache.get("key") != key:
-            # The tensors stay referenced with the key, so no id is reused.
-            cache.update(key=key, tensors=tensors, weights=fold())
-        return cache["weights"]
+        # The variables as stored (float32), not as an autocast scope reads them.
+        with keras_backend.AutocastScope(None):
+            if torch.is_grad_enabled():
+                return fold()
+            tensors = [variable.value for variable in variables]
+            key = [(id(tensor), tensor._version) for tensor in tensors]
+            if cache.get("key") != key:
+                # The tensors stay referenced with the key, so no id is reused.
+                cache.update(key=key, tensors=tensors, weights=fold())
+            return cache["weights"]
 
     def call(inputs):
         if not _native_conv(conv, inputs):
@@ -462,8 +470,7 @@ def _folded_batch_norm(conv, norm):
 
 
 def _plain_relu(layer):
-    return (isinstance(layer, layers.ReLU) and _float32(layer)
-            and _callable_directly(layer) and layer.max_value is None
+    return (isinstance(layer, layers.ReLU) and _callable_directly(layer) and layer.max_value is None
             and not layer.negative_slope and not layer.threshold)
 
 

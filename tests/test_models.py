@@ -287,24 +287,29 @@ keras.config.set_dtype_policy("float32")
 in_place = []
 original_in_place = native._relu_in_place
 native._relu_in_place = lambda layer: in_place.append(layer.name) or original_in_place(layer)
-keras.utils.set_random_seed(0)
-inputs = keras.Input((8, 8, 3))
-conv = native.Conv2D(6, 3, padding="same", use_bias=True)
-norm = native.BatchNormalization()
-depthwise = native.DepthwiseConv2D(3, padding="same", depth_multiplier=2)
-x = keras.layers.ReLU(name="relu_fresh")(norm(conv(inputs)))  # folded
-y = native.BatchNormalization(center=False, scale=False)(depthwise(x))  # folded
-z = native.Conv2D(12, 1)(x)
-z = keras.layers.Add()([z, native.BatchNormalization()(z)])  # z read twice: not folded
-x = keras.layers.ReLU(name="relu_add")(keras.layers.Add()([y, z]))
-x = keras.layers.ReLU(name="relu_view")(keras.layers.Reshape((8, 8, 12))(x))  # a view: not in place
-outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
-model = native.Network(inputs, outputs)
-rng = np.random.default_rng(2)
-for layer in model.layers:
-    if isinstance(layer, keras.layers.BatchNormalization):
-        for variable in layer.variables:
-            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+def build_folded():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    conv = native.Conv2D(6, 3, padding="same", use_bias=True)
+    norm = native.BatchNormalization()
+    depthwise = native.DepthwiseConv2D(3, padding="same", depth_multiplier=2)
+    x = keras.layers.ReLU(name="relu_fresh")(norm(conv(inputs)))  # folded
+    y = native.BatchNormalization(center=False, scale=False)(depthwise(x))  # folded
+    z = native.Conv2D(12, 1)(x)
+    z = keras.layers.Add()([z, native.BatchNormalization()(z)])  # z read twice: not folded
+    x = keras.layers.ReLU(name="relu_add")(keras.layers.Add()([y, z]))
+    x = keras.layers.ReLU(name="relu_view")(keras.layers.Reshape((8, 8, 12))(x))  # a view: kept
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    model = native.Network(inputs, outputs)
+    rng = np.random.default_rng(2)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable in layer.variables:
+                variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    return model, conv, norm, depthwise
+
+model, conv, norm, depthwise = build_folded()
+rng = np.random.default_rng(3)
 images = torch.tensor(rng.normal(size=(3, 8, 8, 3)).astype("float32"))
 kept = images.clone()
 walk = lambda: super(native.Network, model).call(images, training=False)
@@ -322,6 +327,15 @@ pairs += list(zip(*results))
 print("folded", len(model._torch_plan(False)), len(model._torch_plan(True)), sorted(set(in_place)),
       bool(torch.equal(images, kept)))
 print("folded_worst", max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in pairs))
+# Mixed precision: folded from the float32 variables, one bf16 rounding of each
+# activation where Keras's layers round twice.
+keras.config.set_dtype_policy("mixed_bfloat16")
+model = build_folded()[0]
+with torch.no_grad():
+    out, reference = model(images, training=False), walk()
+print("folded_mixed", len(model._torch_plan(False, "bfloat16")), out.dtype,
+      float((out.float() - reference.float()).abs().max() / reference.float().abs().max()))
+keras.config.set_dtype_policy("float32")
 """
 
 
@@ -347,6 +361,9 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     # after a Reshape (a view) does not, and the model's input is untouched.
     assert lines["folded"] == "12 14 ['relu_add', 'relu_fresh'] True", result.stdout
     assert float(lines["folded_worst"]) < 1e-5, result.stdout
+    steps, dtype, gap = lines["folded_mixed"].split()
+    assert (steps, dtype) == ("12", "torch.bfloat16"), result.stdout
+    assert float(gap) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared
