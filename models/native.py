@@ -231,7 +231,7 @@ class Network(keras.Model):
     `_DIRECT_LAYERS`), with that dtype handling (input casts, autocast scopes)
     done as __call__ does it; other layers keep their __call__, and masks and
     calls without an explicit training flag go through Keras's Functional.call
-    unchanged. In float32 inference the plan also folds each BatchNormalization
+    unchanged. In inference the plan also folds each BatchNormalization
     that only reads a convolution into it (`_folded_batch_norm`) and lets a
     ReLU overwrite an activation no other layer reads (`_relu_in_place`). On
     TensorFlow and JAX the graph is traced and compiled, so it is Keras's
