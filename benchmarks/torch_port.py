@@ -24,14 +24,15 @@ def _same_padding(size, kernel, stride):
 
 
 class KerasConv(nn.Module):
-    """Conv2d (grouped for DepthwiseConv2D) with Keras's padding semantics."""
+    """Conv2d (grouped for DepthwiseConv2D) with Keras's padding semantics; `padding`
+    is that of a ZeroPadding2D the convolution takes over (`_conv_padding`)."""
 
-    def __init__(self, layer, depthwise=False):
+    def __init__(self, layer, depthwise=False, padding=0):
         super().__init__()
         kernel = layer.kernel_size
         channels_in = layer.input.shape[-1]
         channels_out = channels_in * layer.depth_multiplier if depthwise else layer.filters
-        self.pad, padding = None, 0
+        self.pad = None
         if layer.padding == "same":
             height, width = layer.input.shape[1:3]
             top, bottom = _same_padding(height, kernel[0], layer.strides[0])
@@ -94,12 +95,25 @@ class Activation(nn.Module):
         return self.function(x)
 
 
-def _torch_layer(layer):
+def _conv_padding(pad, layer):
+    """(rows, columns) where ZeroPadding2D `pad` feeds only `layer`, a "valid"
+    convolution, symmetrically: PyTorch code writes that as Conv2d(padding=1)
+    (papers 000-003's strided convolutions), not as a separate F.pad."""
+    readers = [node.operation for node in pad._outbound_nodes]
+    if (type(pad).__name__ != "ZeroPadding2D" or readers != [layer]
+            or type(layer).__name__ not in ("Conv2D", "DepthwiseConv2D")
+            or layer.padding != "valid"):
+        return None
+    (top, bottom), (left, right) = pad.padding
+    return (top, left) if top == bottom and left == right else None
+
+
+def _torch_layer(layer, padding=0):
     kind = type(layer).__name__
     if kind == "Conv2D":
-        return KerasConv(layer)
+        return KerasConv(layer, padding=padding)
     if kind == "DepthwiseConv2D":
-        return KerasConv(layer, depthwise=True)
+        return KerasConv(layer, depthwise=True, padding=padding)
     if kind == "BatchNormalization":
         # Keras momentum m keeps m of the old average; PyTorch's momentum is the new share.
         norm = nn.BatchNorm2d if len(layer.input.shape) == 4 else nn.BatchNorm1d
@@ -141,9 +155,16 @@ class TorchPort(nn.Module):
         self.graph = []  # (name, kind, input names) in topological order
         self.input_name = model.layers[0].name
         for layer in model.layers[1:]:
-            parents = [t._keras_history.operation.name
-                       for t in layer._inbound_nodes[0].input_tensors]
-            module = _torch_layer(layer)
+            parent_layers = [t._keras_history.operation
+                             for t in layer._inbound_nodes[0].input_tensors]
+            if any(_conv_padding(layer, reader.operation) for reader in layer._outbound_nodes):
+                continue  # the convolution pads
+            padding = (_conv_padding(parent_layers[0], layer) or 0) if parent_layers else 0
+            if padding:  # read what the padding read
+                parent_layers = [t._keras_history.operation
+                                 for t in parent_layers[0]._inbound_nodes[0].input_tensors]
+            parents = [parent.name for parent in parent_layers]
+            module = _torch_layer(layer, padding)
             if module is not None:
                 self.layers[layer.name] = module
             self.graph.append((layer.name, type(layer).__name__, parents))

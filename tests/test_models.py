@@ -243,15 +243,24 @@ print("worst", worst)
 print("arrays", len(results[0]), len(model.trainable_variables), len(model.non_trainable_variables))
 native.NATIVE_TORCH = True
 # The plan releases every intermediate tensor exactly once, at its last reader,
-# and never a model output.
+# and never a model output. A step reads what its node reads, or, through a
+# node folded into it (the ZeroPadding2D before the strided conv), what that
+# node reads.
 model = build()
 plan = model._torch_plan(False)
+nodes = [node for depth in model._nodes_by_depth.values() for node in depth if not node.is_input]
+producer = {{id(x): node for node in nodes for x in node.outputs}}
+computed = {{key for step in plan for key in step[3]}}
+def reads(node):
+    for tensor in node.input_tensors:
+        if id(tensor) in producer and id(tensor) not in computed:
+            yield from reads(producer[id(tensor)])
+        else:
+            yield tensor
 readers = {{}}
 for index, step in enumerate(plan):
-    for node_input in (node for depth in model._nodes_by_depth.values() for node in depth
-                       if not node.is_input and id(node.outputs[0]) == step[3][0]):
-        for tensor in node_input.input_tensors:
-            readers.setdefault(id(tensor), []).append(index)
+    for tensor in reads(next(node for node in nodes if id(node.outputs[0]) == step[3][0])):
+        readers.setdefault(id(tensor), []).append(index)
 released = [(key, index) for index, step in enumerate(plan) for key in step[4]]
 outputs = {{id(x) for x in model.outputs}}
 print("plan", len(plan), len(released) == len(set(k for k, _ in released)),
@@ -299,6 +308,9 @@ def build_folded():
     z = keras.layers.Add()([z, native.BatchNormalization()(z)])  # z read twice: not folded
     x = keras.layers.ReLU(name="relu_add")(keras.layers.Add()([y, z]))
     x = keras.layers.ReLU(name="relu_view")(keras.layers.Reshape((8, 8, 12))(x))  # a view: kept
+    strided = native.Conv2D(5, 3, strides=2, use_bias=False)
+    x = native.BatchNormalization()(strided(keras.layers.ZeroPadding2D(1)(x)))  # one conv
+    x = keras.layers.ReLU(name="relu_strided")(x)
     outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
     model = native.Network(inputs, outputs)
     rng = np.random.default_rng(2)
@@ -306,9 +318,9 @@ def build_folded():
         if isinstance(layer, keras.layers.BatchNormalization):
             for variable in layer.variables:
                 variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
-    return model, conv, norm, depthwise
+    return model, conv, norm, depthwise, strided
 
-model, conv, norm, depthwise = build_folded()
+model, conv, norm, depthwise, strided = build_folded()
 rng = np.random.default_rng(3)
 images = torch.tensor(rng.normal(size=(3, 8, 8, 3)).astype("float32"))
 kept = images.clone()
@@ -322,11 +334,29 @@ results = []
 for function in (lambda: model(images, training=False), walk):
     out = function()
     results.append([out.detach(), *torch.autograd.grad(
-        out.square().sum(), [conv.kernel.value, depthwise.kernel.value])])
+        out.square().sum(), [conv.kernel.value, depthwise.kernel.value, strided.kernel.value])])
 pairs += list(zip(*results))
 print("folded", len(model._torch_plan(False)), len(model._torch_plan(True)), sorted(set(in_place)),
       bool(torch.equal(images, kept)))
 print("folded_worst", max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in pairs))
+# Training: the same three ReLUs overwrite their input (the one after the
+# BatchNorm through the tensor its NHWC view shows, so that the backward pass
+# copies nothing); outputs and every gradient as Functional's walk computes them.
+model = build_folded()[0]
+relu_calls = []
+original_relu_ = torch.relu_
+torch.relu_ = lambda tensor: relu_calls.append(tensor._base is None) or original_relu_(tensor)
+results = []
+for function in (lambda: model(images, training=True),
+                 lambda: super(native.Network, model).call(images, training=True)):
+    out = function()
+    results.append([out.detach(), *torch.autograd.grad(
+        out.square().sum(), [v.value for v in model.trainable_variables])])
+torch.relu_ = original_relu_
+# Relative to each array's scale, at least 1: a conv bias before a BatchNorm in
+# training has a gradient of zero, computed as rounding noise (~1e-7).
+print("trained_in_place", relu_calls, len(results[0]),
+      max(float((a - b).abs().max() / max(b.abs().max(), 1.0)) for a, b in zip(*results)))
 # Mixed precision: folded from the float32 variables, one bf16 rounding of each
 # activation where Keras's layers round twice.
 keras.config.set_dtype_policy("mixed_bfloat16")
@@ -350,19 +380,27 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     # Native: the five convs (four Conv2D, one depthwise) and both BatchNorms, once
     # training and once inferring.
-    # Network calls its eleven layers' call() directly, training and inferring.
-    assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 22}", result.stdout
+    # Network calls nine of its eleven layers' call() directly, training and
+    # inferring: the ZeroPadding2D is the strided conv's own padding, one step.
+    assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 18}", result.stdout
     assert lines["keras"] == "{'conv': 0, 'batch_norm': 0, 'direct': 0}", result.stdout
-    assert lines["mixed"] == "11 torch.bfloat16 0.0", result.stdout
+    assert lines["mixed"] == "9 torch.bfloat16 0.0", result.stdout
     assert float(lines["mixed_worst"]) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
-    assert lines["plan"] == "11 True True True", result.stdout
-    # Fourteen layers; two BatchNorms folded into their convolutions in inference;
-    # the ReLUs after a BatchNorm and after an Add overwrite their input, the one
-    # after a Reshape (a view) does not, and the model's input is untouched.
-    assert lines["folded"] == "12 14 ['relu_add', 'relu_fresh'] True", result.stdout
+    assert lines["plan"] == "10 True True True", result.stdout
+    # Eighteen layers; the ZeroPadding2D is its conv's padding (17 steps
+    # training); three BatchNorms folded into their convolutions in inference,
+    # the one after the padded conv included (14); the ReLUs after a BatchNorm
+    # and after an Add overwrite their input, the one after a Reshape (a view)
+    # does not, and the model's input is untouched.
+    assert lines["folded"] == "14 17 ['relu_add', 'relu_fresh', 'relu_strided'] True", \
+        result.stdout
     assert float(lines["folded_worst"]) < 1e-5, result.stdout
+    # Training overwrites in place too, never a view; same values and gradients.
+    calls, compared, gap = lines["trained_in_place"].rsplit(" ", 2)
+    assert calls == "[True, True, True]" and compared == "16", result.stdout  # output + 15 gradients
+    assert float(gap) < 1e-6, result.stdout
     steps, dtype, gap = lines["folded_mixed"].split()
-    assert (steps, dtype) == ("12", "torch.bfloat16"), result.stdout
+    assert (steps, dtype) == ("14", "torch.bfloat16"), result.stdout
     assert float(gap) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
