@@ -30,7 +30,10 @@ def _foreach_with_decay(gradients, values, decay):
     """The PyTorch backend's multi-tensor form of `_with_decay`."""
     import torch
 
-    gradients = [ops.convert_to_tensor(g, v.dtype) for g, v in zip(gradients, values)]
+    # Torch's own cast (free where the dtype matches); ops.convert_to_tensor's
+    # dispatch cost ~10 us a variable.
+    gradients = [g.to(v.dtype) if isinstance(g, torch.Tensor)
+                 else ops.convert_to_tensor(g, v.dtype) for g, v in zip(gradients, values)]
     return torch._foreach_add(gradients, values, alpha=decay) if decay else gradients
 
 
