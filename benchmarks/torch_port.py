@@ -169,12 +169,33 @@ class TorchPort(nn.Module):
                 self.layers[layer.name] = module
             self.graph.append((layer.name, type(layer).__name__, parents))
         self.output_name = self.graph[-1][0]
+        # Residual Adds accumulate into an operand only they read, as the papers'
+        # PyTorch blocks write it (`out = self.bn2(...); out += self.shortcut(x)`).
+        readers = {}
+        for _, _, parents in self.graph:
+            for parent in parents:
+                readers[parent] = readers.get(parent, 0) + 1
+        kinds = {name: kind for name, kind, _ in self.graph}
+
+        def fresh(name):
+            module = self.layers[name] if name in self.layers else None
+            return readers[name] == 1 and (
+                kinds.get(name) in ("BatchNormalization", "Add")
+                or isinstance(module, KerasConv) and module.activation == "linear")
+
+        self.accumulate = {name: next(k for k, parent in enumerate(parents) if fresh(parent))
+                           for name, kind, parents in self.graph
+                           if kind == "Add" and len(parents) == 2 and any(map(fresh, parents))}
 
     def forward(self, images):
         values = {self.input_name: images}
         for name, kind, parents in self.graph:
             inputs = [values[parent] for parent in parents]
-            if kind == "Add":
+            if name in self.accumulate:
+                target = self.accumulate[name]
+                out = inputs[target]
+                out += inputs[1 - target]
+            elif kind == "Add":
                 out = inputs[0]
                 for other in inputs[1:]:
                     out = out + other

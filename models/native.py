@@ -245,7 +245,8 @@ class Network(keras.Model):
     calls without an explicit training flag go through Keras's Functional.call
     unchanged. In the plan a ZeroPadding2D that only feeds a "valid"
     convolution is that convolution's own padding (`_padding_folds`), a ReLU
-    overwrites an activation no other layer reads (`_relu_in_place`), and in
+    or a residual Add writes over an activation no other layer reads
+    (`_relu_in_place`, `_add_in_place`), and in
     inference each BatchNormalization that only reads a convolution is
     folded into it (`_folded_batch_norm`). On
     TensorFlow and JAX the graph is traced and compiled, so it is Keras's
@@ -320,7 +321,8 @@ class Network(keras.Model):
         # A ZeroPadding2D that only feeds a "valid" convolution becomes that
         # convolution's own padding. Inference: a BatchNormalization that only
         # reads a convolution runs inside it (_folded_batch_norm). Training and
-        # inference: a ReLU that only reads a fresh activation overwrites it.
+        # inference: a ReLU, or a two-way Add, that is the only reader of a
+        # fresh activation writes its result over it.
         pads = self._padding_folds(nodes, sole_reader)
         folds = {} if training else self._batch_norm_folds(nodes, sole_reader)
         folded = set(folds.values()) | set(pads.values())
@@ -347,6 +349,11 @@ class Network(keras.Model):
             elif (_plain_relu(operation) and len(node.input_tensors) == 1
                   and _fresh_output(sole_reader(node.input_tensors[0], index))):
                 call = _with_dtypes(operation, _relu_in_place(operation), scope_dtype)
+            elif _plain_add(operation, node) and any(
+                    _fresh_output(sole_reader(x, index)) for x in node.input_tensors):
+                target = next(k for k, x in enumerate(node.input_tensors)
+                              if _fresh_output(sole_reader(x, index)))
+                call = _with_dtypes(operation, _add_in_place(operation, target), scope_dtype)
             else:
                 call = _direct_call(operation, training)
                 if call is None:
@@ -561,30 +568,66 @@ def _fresh_output(node):
     return isinstance(operation, (layers.BatchNormalization, layers.Add))
 
 
+def _writable(inputs):
+    """(the tensor to overwrite for `inputs`, whether `inputs` is its NHWC
+    permutation), or None where overwriting would cost a copy.
+
+    Under autograd an in-place op on a view makes the backward pass copy the
+    whole gradient (CopySlices), and the native layers' outputs are views: an
+    NHWC permutation of PyTorch's channels-last result. That result is
+    overwritten then, and permuted again."""
+    import torch
+
+    base = inputs._base
+    if base is None or not torch.is_grad_enabled():
+        return inputs, False
+    if base.dim() == 4:
+        nhwc = base.permute(0, 2, 3, 1)
+        if (nhwc.shape == inputs.shape and nhwc.stride() == inputs.stride()
+                and nhwc.storage_offset() == inputs.storage_offset()):
+            return base, True
+    return None
+
+
 def _relu_in_place(layer):
     """A ReLU that overwrites its input, which no other layer reads: the same
     values and gradients without a new activation (eager PyTorch code does
     this with nn.ReLU(inplace=True)); measured on the PyTorch port, about 1%
-    of a ResNet-20 training step and 2% of ModifiedResNet's.
-
-    Under autograd an in-place op on a view makes the backward pass copy the
-    whole gradient (CopySlices), and the native layers' outputs are views: an
-    NHWC permutation of PyTorch's channels-last result. The ReLU then
-    overwrites that result and permutes it again."""
+    of a ResNet-20 training step and 2% of ModifiedResNet's."""
     import torch
 
     def call(inputs):
-        if type(inputs) is not torch.Tensor:
+        writable = _writable(inputs) if type(inputs) is torch.Tensor else None
+        if writable is None:
             return layer.call(inputs)
-        base = inputs._base
-        if base is None or not torch.is_grad_enabled():
-            return torch.relu_(inputs)
-        if base.dim() == 4:
-            nhwc = base.permute(0, 2, 3, 1)
-            if (nhwc.shape == inputs.shape and nhwc.stride() == inputs.stride()
-                    and nhwc.storage_offset() == inputs.storage_offset()):
-                return torch.relu_(base).permute(0, 2, 3, 1)
-        return layer.call(inputs)
+        target, permuted = writable
+        outputs = torch.relu_(target)
+        return outputs.permute(0, 2, 3, 1) if permuted else outputs
+
+    return call
+
+
+def _plain_add(layer, node):
+    return (type(layer) is layers.Add and _callable_directly(layer)
+            and len(node.input_tensors) == 2)
+
+
+def _add_in_place(layer, target):
+    """A residual Add that accumulates into its input number `target`, a fresh
+    activation no other layer reads (`out += shortcut` in the papers' PyTorch
+    blocks): the same sums without a new activation."""
+    import torch
+
+    def call(inputs):
+        first, second = inputs[target], inputs[1 - target]
+        writable = (_writable(first) if type(first) is torch.Tensor
+                    and type(second) is torch.Tensor and first.shape == second.shape
+                    and first.dtype == second.dtype else None)
+        if writable is None:
+            return layer.call(inputs)
+        tensor, permuted = writable
+        tensor.add_(second.permute(0, 3, 1, 2) if permuted else second)
+        return tensor.permute(0, 2, 3, 1) if permuted else tensor
 
     return call
 

@@ -296,6 +296,9 @@ keras.config.set_dtype_policy("float32")
 in_place = []
 original_in_place = native._relu_in_place
 native._relu_in_place = lambda layer: in_place.append(layer.name) or original_in_place(layer)
+added = []
+original_add = native._add_in_place
+native._add_in_place = lambda layer, k: added.append((layer.name, k)) or original_add(layer, k)
 def build_folded():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
@@ -305,8 +308,9 @@ def build_folded():
     x = keras.layers.ReLU(name="relu_fresh")(norm(conv(inputs)))  # folded
     y = native.BatchNormalization(center=False, scale=False)(depthwise(x))  # folded
     z = native.Conv2D(12, 1)(x)
-    z = keras.layers.Add()([z, native.BatchNormalization()(z)])  # z read twice: not folded
-    x = keras.layers.ReLU(name="relu_add")(keras.layers.Add()([y, z]))
+    # z is read twice: not folded, and the Add accumulates into the BatchNorm's output.
+    z = keras.layers.Add(name="add_shared")([z, native.BatchNormalization()(z)])
+    x = keras.layers.ReLU(name="relu_add")(keras.layers.Add(name="add_fresh")([y, z]))
     x = keras.layers.ReLU(name="relu_view")(keras.layers.Reshape((8, 8, 12))(x))  # a view: kept
     strided = native.Conv2D(5, 3, strides=2, use_bias=False)
     x = native.BatchNormalization()(strided(keras.layers.ZeroPadding2D(1)(x)))  # one conv
@@ -338,6 +342,7 @@ for function in (lambda: model(images, training=False), walk):
 pairs += list(zip(*results))
 print("folded", len(model._torch_plan(False)), len(model._torch_plan(True)), sorted(set(in_place)),
       bool(torch.equal(images, kept)))
+print("added_in_place", sorted(set(added)))
 print("folded_worst", max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in pairs))
 # Training: the same three ReLUs overwrite their input (the one after the
 # BatchNorm through the tensor its NHWC view shows, so that the backward pass
@@ -380,11 +385,12 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     # Native: the five convs (four Conv2D, one depthwise) and both BatchNorms, once
     # training and once inferring.
-    # Network calls nine of its eleven layers' call() directly, training and
-    # inferring: the ZeroPadding2D is the strided conv's own padding, one step.
-    assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 18}", result.stdout
+    # Network calls eight of its eleven layers' call() directly, training and
+    # inferring: the ZeroPadding2D is the strided conv's own padding, one step,
+    # and the Add accumulates into a convolution's output.
+    assert lines["native"] == "{'conv': 10, 'batch_norm': 4, 'direct': 16}", result.stdout
     assert lines["keras"] == "{'conv': 0, 'batch_norm': 0, 'direct': 0}", result.stdout
-    assert lines["mixed"] == "9 torch.bfloat16 0.0", result.stdout
+    assert lines["mixed"] == "8 torch.bfloat16 0.0", result.stdout
     assert float(lines["mixed_worst"]) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
     assert lines["plan"] == "10 True True True", result.stdout
     # Eighteen layers; the ZeroPadding2D is its conv's padding (17 steps
@@ -395,6 +401,8 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     assert lines["folded"] == "14 17 ['relu_add', 'relu_fresh', 'relu_strided'] True", \
         result.stdout
     assert float(lines["folded_worst"]) < 1e-5, result.stdout
+    # Each Add writes over the operand only it reads.
+    assert lines["added_in_place"] == "[('add_fresh', 0), ('add_shared', 1)]", result.stdout
     # Training overwrites in place too, never a view; same values and gradients.
     calls, compared, gap = lines["trained_in_place"].rsplit(" ", 2)
     assert calls == "[True, True, True]" and compared == "16", result.stdout  # output + 15 gradients
