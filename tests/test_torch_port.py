@@ -26,6 +26,23 @@ def test_port_has_the_parameters_and_the_logits_of_the_keras_network(experiment)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
 
 
+def test_port_accumulates_residuals_in_place_with_the_same_gradients():
+    """`out += shortcut` where an Add is the only reader of a fresh activation, as
+    the papers' blocks write it: the gradients of the out-of-place sums."""
+    model = build_model("modified_resnet", 10)
+    port = copy_weights(TorchPort(model), model).train()
+    assert len(port.accumulate) == 6  # every residual block's Add
+    images = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype("float32"))
+    gradients = []
+    for accumulate in (dict(port.accumulate), {}):
+        port.accumulate = accumulate
+        port.zero_grad()
+        port(images).square().sum().backward()
+        gradients.append([p.grad.clone() for p in port.parameters()])
+    for in_place, summed in zip(*gradients):
+        torch.testing.assert_close(in_place, summed, rtol=1e-5, atol=1e-6)
+
+
 def test_keras_l2_becomes_coupled_weight_decay_on_those_kernels():
     model = build_model("kth_resnet_b", 10)
     port = TorchPort(model)
