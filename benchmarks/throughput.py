@@ -512,7 +512,10 @@ def table(result):
              f"measured in the same process as each backend's Keras, alternating; batch {BATCH}, "
              f"{result['threads']} threads, {result['device']}, {result.get('cpu', '')}, "
              f"{result['steps']} timed steps "
-             f"after warm-up, median of {result['rounds']} round(s); {result['date']}.", "",
+             f"after warm-up, median of {result['rounds']} round(s); {result['date']}. "
+             f"Training batches are built by {result.get('input_threads', 1)} input thread(s) "
+             "ahead of the step, as run.py builds them (data/pipeline.py), for both frameworks.",
+             "",
              "glibc keeps freed memory for reuse (training/allocator.py, as run.py sets it; "
              "both frameworks share the process): "
              + ", ".join(f"{backend} {'yes' if kept else 'no'}" for backend, kept
@@ -634,13 +637,15 @@ def main(argv=None):
     import tempfile
 
     from benchmarks.augment import machine
+    from data.pipeline import input_threads
     from training import record
     from training.engine import device_description
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
               "device": device_description(), "cpu": cpu_description(), "backends": args.backends,
               "versions": {"python": platform.python_version()},
-              "steps": args.steps, "rounds": args.rounds, "notes": NOTES, "rows": []}
+              "steps": args.steps, "rounds": args.rounds, "notes": NOTES, "rows": [],
+              "input_threads": input_threads()}
     child_args = list(argv if argv is not None else sys.argv[1:])
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as folder:

@@ -50,6 +50,9 @@ def parse_args(argv):
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="mixed precision: bf16 or fp16 compute with float32 variables "
                              "(fast where the hardware has it: GPUs, CPUs with AMX)")
+    parser.add_argument("--input-threads", type=int, default=0, metavar="N",
+                        help="threads that build training batches ahead of the step (the batches "
+                             "are the same for any N); default 0: half the cores, 1 to 8")
     parser.add_argument("--quick", action="store_true",
                         help="2 epochs on a few hundred images: checks an install in about a minute")
     return parser.parse_args(argv)
@@ -136,6 +139,9 @@ def main(argv=None):
         return listing(args.json)
     if not args.name:
         return fail("name an experiment or group (see --list).", USAGE_ERROR)
+    if args.input_threads < 0:
+        return fail(f"--input-threads must be 0 (half the cores) or more; got {args.input_threads}.",
+                    USAGE_ERROR)
 
     from training.engine import RunError, RunOptions, train
     from training.recipe import RecipeError
@@ -148,7 +154,7 @@ def main(argv=None):
         return fail(str(error).strip("'\""), USAGE_ERROR)
     options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
                          deterministic=args.deterministic, distribute=args.distribute,
-                         precision=args.precision,
+                         precision=args.precision, input_threads=args.input_threads,
                          data_dir=args.data_dir, quick=args.quick,
                          verbose=1 if sys.stdout.isatty() else 2)
     for index, recipe in enumerate(recipes, 1):

@@ -240,6 +240,31 @@ def test_evaluation_batches_are_never_augmented():
     assert np.array_equal(labels.argmax(-1), y[:16])
 
 
+def test_threaded_batches_are_the_one_thread_batches():
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 80)
+    spec = dict(augment=Augmenter([{"op": "crop", "padding": 4}, {"op": "hflip", "p": 0.5},
+                                   {"op": "rotate", "degrees": 15}]),
+                mix=Mixer(alpha=1.0), shuffle=True, seed=5)
+    inline = CifarBatches(x, y, 10, 8, **spec)
+    threaded = CifarBatches(x, y, 10, 8, threads=3, **spec)
+    # As Keras asks: one batch to build the model before the first epoch's callbacks,
+    # then a resumed run's epochs from 4, one of them cut short, and a repeat.
+    visits = [(0, [0])] + [(4, range(10)), (5, [0, 1, 2]), (6, range(10)), (6, [3, 3, 9])]
+    for epoch, indices in visits:
+        inline.set_epoch(epoch)
+        threaded.set_epoch(epoch)
+        for index in indices:
+            for a, b in zip(inline[index], threaded[index]):
+                np.testing.assert_array_equal(a, b)
+    assert threaded._pool is not None and inline._pool is None
+    threaded.close()
+    assert threaded._pool is None and not threaded._pending
+    with pytest.raises(ValueError, match="threads must be at least 1; got 0"):
+        CifarBatches(x, y, 10, 8, threads=0)
+
+
 def beta_cdf(values, alpha):
     """Regularised incomplete beta I_x(a, a), by numeric integration of the density."""
     grid = np.linspace(0, 1, 20001)[1:-1]

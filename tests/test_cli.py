@@ -187,7 +187,7 @@ def test_quick_run_on_other_backends_without_tensorflow(shared_cifar10, tmp_path
     pytest.importorskip(backend)
     out = str(tmp_path / "runs")
     args = ["resnet_deep", "--quick", "--data-dir", shared_cifar10, "--output-dir", out,
-            "--set", "train_images=64"]
+            "--set", "train_images=64", "--input-threads", "3"]
     result = subprocess.run([sys.executable, "-c", BLOCKED_TF_RUN.format(run=RUN, args=args)],
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, "KERAS_BACKEND": backend})
@@ -195,3 +195,20 @@ def test_quick_run_on_other_backends_without_tensorflow(shared_cifar10, tmp_path
     run_dir = os.path.join(out, "resnet_deep", "seed0-quick")
     assert RECORD_FILES <= set(os.listdir(run_dir))
     assert json.load(open(os.path.join(run_dir, "config.json")))["backend"] == backend
+
+
+def test_epoch_benchmark_times_each_input_thread_count(shared_cifar10, tmp_path):
+    out = tmp_path / "epochs.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "epochs.py"), "--models", "cnn_baseline",
+         "--input-threads", "1", "2", "--epochs", "2", "--set", "train_images=64",
+         "--data-dir", shared_cifar10, "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert [(case["experiment"], case["input_threads"], case["train_images"]) for case in cases] == [
+        ("cnn_baseline", 1, 64), ("cnn_baseline", 2, 64)]
+    assert all([row["epoch"] for row in case["epochs"]] == [1, 2] for case in cases)
+    assert all(row["seconds"] > row["input_seconds"] > 0 for case in cases for row in case["epochs"])
+    table = (tmp_path / "epochs.md").read_text()
+    assert "| cnn_baseline (" in table and table.count("| cnn_baseline") == 2

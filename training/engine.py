@@ -32,7 +32,7 @@ from data.cifar import DataError, load_cifar, split_validation
 from data.mixing import Mixer
 from data.noise import corrupt_labels
 from data.normalize import Normalizer
-from data.pipeline import CifarBatches, EpochSync
+from data.pipeline import CifarBatches, EpochSync, input_threads
 from models import build_model, count_params
 from plots.run_plots import write_run_plots
 from training import allocator, record, schedules, transfer
@@ -55,6 +55,7 @@ class RunOptions:
     deterministic: bool = False  # seeded ops with op determinism (TensorFlow; see README)
     distribute: str = "none"  # none | mirrored | multi-worker | data-parallel (training/distribute.py)
     precision: str = "fp32"  # fp32 | bf16 | fp16: Keras mixed precision (variables stay float32)
+    input_threads: int = 0  # threads building training batches; 0: half the cores, 1-8
     verbose: int = 1  # Keras progress bar
 
 
@@ -181,6 +182,7 @@ def training_batches(recipe, options, normalizer, train, val, num_classes):
         normalizer(x_train) if before else x_train, y_train, num_classes, recipe.batch_size,
         augment=Augmenter(recipe.augment), normalize=None if before else normalizer,
         mix=Mixer(**recipe.mixup) if recipe.mixup else None, shuffle=True, seed=options.seed,
+        threads=input_threads(options.input_threads),
     )
     return train_batches, _evaluation_batches(recipe, normalizer, *val, num_classes)
 
@@ -324,6 +326,8 @@ def train(recipe, options):
         "command": " ".join(sys.argv),
         "host": platform.node(),
         "device": device_description(),
+        # The batches do not depend on it (each is a function of seed, epoch and index).
+        "input_threads": input_threads(options.input_threads),
         **placement.describe(),
         "platform": platform.platform(),
     }
@@ -447,6 +451,7 @@ def train(recipe, options):
             raise
         if stage_name == "head":
             record.save_model(model, head_path)
+    train_batches.close()  # its threads; a group's next experiment builds its own
 
     history = record.read_history(history_path)
     nan_epochs = [row["epoch"] for row in history if not np.isfinite(row.get("loss", 0.0))]
