@@ -195,6 +195,18 @@ NOTES = [
     "warm-up): the port 6,100-14,600, Keras 19-31, with glibc's thresholds raised for both; "
     "under torch.profiler the port's out-of-place ReLU (clamp_min) took 113 ms of self time in "
     "6 steps against 7 ms for Keras's in-place one.",
+    "Input pipeline on a GPU (H100, JAX): run.py built each batch in the training thread, and "
+    "a steady ModifiedResNet epoch took 15.5 s, 12.4 s of it building batches (its Pillow "
+    "rotation and colour jitter), resnet_deep 10.4 s. CifarBatches now builds the next 2N "
+    "batches in N threads (run.py --input-threads, default half the cores up to 8; the same "
+    "batches): 5.7 s and 3.8 s (reports/epochs_gpu_h100.md). The benchmark feeds PyTorch from "
+    "the same threaded pipeline. With 8 threads ModifiedResNet trains near what its "
+    "augmentation delivers (about 12,000 images/s: 32 thread-seconds an epoch), on both "
+    "frameworks, so its GPU ratio says little about the network.",
+    "GPU timing windows: 20 timed steps are 0.1-0.4 s on an H100, and repeated runs moved by "
+    "up to 2x (ModifiedResNet fp32 inference 56,000 and 37,000 images/s; training 15,300 and "
+    "22,500); reports/throughput_gpu_h100.md is timed over 200 steps. On a CPU a step takes "
+    "0.1-2 s, so 8 steps are a window of seconds.",
 ]
 
 
@@ -504,6 +516,31 @@ def best_rows(rows):
     return list(best.values())
 
 
+def bf16_speedup(rows):
+    """{network: (Keras bf16 / fp32 training speed, PyTorch's)} where both were measured."""
+    by_key = {(row["experiment"], row["precision"]): row for row in best_rows(rows)}
+    names = dict.fromkeys(row["experiment"] for row in rows)
+    return {name: (by_key[name, "bf16"]["keras_train_ips"] / by_key[name, "fp32"]["keras_train_ips"],
+                   by_key[name, "bf16"]["torch_train_ips"] / by_key[name, "fp32"]["torch_train_ips"])
+            for name in names if (name, "bf16") in by_key and (name, "fp32") in by_key}
+
+
+def merge(paths):
+    """One report from several runs' JSON (on a machine whose calls are time-limited,
+    one run per network or precision): their rows together, the first run's setting."""
+    from training import record
+
+    reports = [record.read_json(path) for path in paths]
+    result = dict(reports[0])
+    result["rows"] = [row for report in reports for row in report["rows"]]
+    result["merged_from"] = [{"date": report["date"], "models": sorted(
+        {row["experiment"] for row in report["rows"]})} for report in reports]
+    result["date"] = min(report["date"] for report in reports)
+    result["bf16_speedup"] = bf16_speedup(result["rows"])
+    result["notes"] = NOTES
+    return result
+
+
 def table(result):
     versions = result["versions"]
     lines = ["# Throughput: Keras against PyTorch", "",
@@ -516,6 +553,11 @@ def table(result):
              f"Training batches are built by {result.get('input_threads', 1)} input thread(s) "
              "ahead of the step, as run.py builds them (data/pipeline.py), for both frameworks.",
              "",
+             *([f"Joined from {len(result['merged_from'])} runs of this setting "
+                "(benchmarks/throughput.py --merge): "
+                + "; ".join(f"{', '.join(run['models'])} at {run['date']}"
+                            for run in result["merged_from"]) + ".", ""]
+               if result.get("merged_from") else []),
              "glibc keeps freed memory for reuse (training/allocator.py, as run.py sets it; "
              "both frameworks share the process): "
              + ", ".join(f"{backend} {'yes' if kept else 'no'}" for backend, kept
@@ -607,6 +649,9 @@ def main(argv=None):
     parser.add_argument("--notes-only", action="store_true",
                         help="measure nothing: bring the notes of --json's report (and its "
                              ".md table) up to date with this file's")
+    parser.add_argument("--merge", nargs="+", metavar="REPORT.json",
+                        help="measure nothing: join these reports' rows (runs of the same "
+                             "setting, e.g. one per network) into --json and its .md table")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--backend-child", help=argparse.SUPPRESS)  # JSON output path
     args = parser.parse_args(argv)
@@ -618,6 +663,14 @@ def main(argv=None):
     if args.backend_child:
         with open(args.backend_child, "w") as stream:
             json.dump(backend_rows(args), stream)
+        return 0
+    if args.merge:
+        from training import record
+
+        result = merge(args.merge)
+        record.write_json(args.json, result)
+        record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+        print(f"wrote {args.json} and its .md table")
         return 0
     if args.notes_only:
         from training import record
@@ -662,11 +715,7 @@ def main(argv=None):
         result["versions"].update(part["versions"])
         result["threads"] = part["threads"]
         result.setdefault("malloc_keeps_freed_memory", {})[backend] = part["malloc_keeps_freed_memory"]
-    by_key = {(row["experiment"], row["precision"]): row for row in best_rows(result["rows"])}
-    result["bf16_speedup"] = {
-        name: (by_key[(name, "bf16")]["keras_train_ips"] / by_key[(name, "fp32")]["keras_train_ips"],
-               by_key[(name, "bf16")]["torch_train_ips"] / by_key[(name, "fp32")]["torch_train_ips"])
-        for name in args.models if (name, "bf16") in by_key and (name, "fp32") in by_key}
+    result["bf16_speedup"] = bf16_speedup(result["rows"])
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     record.write_json(args.json, result)
     record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
