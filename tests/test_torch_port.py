@@ -86,3 +86,13 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert "| cnn_baseline (" in table and "| torch |" in table and "## What was tried" in table
     assert f"keeps freed memory for reuse (training/allocator.py, as run.py sets it; both " \
            f"frameworks share the process): torch {'yes' if glibc else 'no'}." in table
+
+    # --merge joins runs' rows (here the same run twice) and says so in the table.
+    merged = tmp_path / "merged.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--merge",
+         str(output), str(output), "--json", str(merged)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    joined = json.loads(merged.read_text())
+    assert joined["rows"] == saved["rows"] * 2 and len(joined["merged_from"]) == 2
+    assert "Joined from 2 runs of this setting" in (tmp_path / "merged.md").read_text()
