@@ -12,7 +12,6 @@ markdown table (reports/epochs_benchmark.{json,md} by default).
 """
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from training import record  # noqa: E402
 
 RUN = os.path.join(ROOT, "experiments", "run.py")
 
@@ -40,10 +41,7 @@ def run_epochs(experiment, threads, args, folder):
         raise SystemExit(f"error: {' '.join(command)} failed (exit {child.returncode}); "
                          "see its messages above.")
     run_dir = os.path.join(folder, experiment, f"threads{threads}")
-    with open(os.path.join(run_dir, "history.csv"), newline="") as stream:
-        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
-    from training import record
-
+    rows = record.read_history(os.path.join(run_dir, "history.csv"))
     config = record.read_json(os.path.join(run_dir, "config.json"))
     metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
     return {"experiment": experiment, "input_threads": threads,
@@ -52,7 +50,7 @@ def run_epochs(experiment, threads, args, folder):
             "trainable_params": metrics.get("trainable_params"),
             "device": config.get("device"), "backend": config["backend"],
             "versions": config.get("versions"),
-            "epochs": [{"epoch": int(row["epoch"]) + 1, "seconds": row["seconds"],
+            "epochs": [{"epoch": row["epoch"] + 1, "seconds": row["seconds"],
                         "input_seconds": row["input_seconds"]} for row in rows]}
 
 
@@ -100,13 +98,13 @@ def main(argv=None):
                      f"{args.input_threads}")
     from data.pipeline import input_threads
     from experiments.recipes import EXPERIMENTS
-    from training import record
 
     unknown = [name for name in args.models if name not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiments {unknown}; see python experiments/run.py --list")
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
               "data_note": args.data_note, "cases": []}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         for experiment in args.models:
             for threads in args.input_threads:
@@ -114,7 +112,6 @@ def main(argv=None):
                 result["cases"].append(case)
                 print(f"{experiment} input threads {case['input_threads']}: "
                       + ", ".join(f"{row['seconds']:.1f} s" for row in case["epochs"]), flush=True)
-                os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
                 record.write_json(args.json, result)  # after each case: a killed run keeps them
                 record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
     print(f"wrote {args.json} and its .md table")
