@@ -96,3 +96,11 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     joined = json.loads(merged.read_text())
     assert joined["rows"] == saved["rows"] * 2 and len(joined["merged_from"]) == 2
     assert "Joined from 2 runs of this setting" in (tmp_path / "merged.md").read_text()
+    # Merging into a merged report adds runs to its list instead of nesting it as one.
+    again = tmp_path / "again.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--merge",
+         str(merged), str(output), "--json", str(again)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads(again.read_text())["merged_from"]) == 3
+    assert "Joined from 3 runs of this setting" in (tmp_path / "again.md").read_text()
