@@ -2,7 +2,7 @@
 
     python benchmarks/precision_accuracy.py --data-dir DIR [--experiment resnet20]
         [--precision fp32 bf16] [--seeds 0 1 2] [--epochs 6] [--train-images 20000]
-        [--data-label TEXT]
+        [--data-label TEXT] [--set KEY=VALUE ...]
 
 Trains the experiment with each precision and seed through experiments/run.py
 (a normal run record for each, under --output-dir, so an interrupted comparison
@@ -33,6 +33,8 @@ def run_one(args, precision, seed):
                "--output-dir", args.output_dir, "--run-id", run_id, "--seed", str(seed),
                "--epochs", str(args.epochs), "--precision", precision,
                "--set", f"train_images={args.train_images}"]
+    for assignment in args.set:  # e.g. a schedule compressed into the short run
+        command += ["--set", assignment]
     print("$", " ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
         raise SystemExit(f"error: the {run_id} run failed; its record is in "
@@ -71,7 +73,8 @@ def table(result):
              f"{result['experiment']}, {result['epochs']} epochs on {result['train_images']:,} "
              f"training images, tested on the 10,000 test images; Keras {result['keras']} on "
              f"{result['backend']}, {result['device']}; data: {result['data_source']}; "
-             f"{result['date']}.", "",
+             f"{result['date']}."
+             + (f" Recipe edits: {', '.join(result['edits'])}." if result.get("edits") else ""), "",
              "| precision | seed | test accuracy | train img/s |", "|---|---:|---:|---:|"]
     for run in result["runs"]:
         lines.append(f"| {run['precision']} | {run['seed']} | {run['test_accuracy']:.4f} | "
@@ -100,6 +103,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-images", type=int, default=20000)
     parser.add_argument("--data-label", help="what the data is, for the report (default: its path)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe edit passed to every run, as run.py --set")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "runs", "precision"))
     parser.add_argument("--json", default=os.path.join(ROOT, "reports", "precision_accuracy.json"))
     args = parser.parse_args(argv)
@@ -115,7 +120,7 @@ def main(argv=None):
     config = record.read_json(os.path.join(args.output_dir, args.experiment,
                                            f"{args.precision[0]}-seed{args.seeds[0]}", "config.json"))
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "experiment": args.experiment,
-              "epochs": args.epochs, "train_images": args.train_images,
+              "epochs": args.epochs, "train_images": args.train_images, "edits": args.set,
               "backend": config["backend"], "keras": keras.__version__,
               "device": device_description(), "data_source": args.data_label or config["data_source"],
               "runs": runs, "summary": summarise(runs, args.precision)}

@@ -170,3 +170,47 @@ def test_report_without_runs_still_writes_the_schedules(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no such folder" in result.stderr
     assert os.path.exists(os.path.join(out, "figures", "lr_schedules_000.png"))
+
+
+def test_precision_comparison_passes_recipe_edits_and_summarises_seeds(tmp_path, monkeypatch):
+    """benchmarks/precision_accuracy.py: each (precision, seed) goes to run.py with the
+    given --set edits; the report holds each run, the means, the spreads and whether
+    bf16's distance from fp32 is within twice the seed spread."""
+    from benchmarks import precision_accuracy
+
+    accuracy = {("fp32", 0): 0.80, ("fp32", 1): 0.82, ("bf16", 0): 0.79, ("bf16", 1): 0.83}
+    commands = []
+
+    def fake_run(command):  # stands in for the run.py child: writes its record
+        commands.append(command)
+        value = lambda flag: command[command.index(flag) + 1]
+        run_dir = tmp_path / "runs" / "resnet20" / value("--run-id")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key = (value("--precision"), int(value("--seed")))
+        record.write_json(str(run_dir / "metrics.json"), {
+            "final_test_accuracy": accuracy[key], "train_images_per_second": 100.0,
+            "train_seconds": 5.0})
+        record.write_json(str(run_dir / "config.json"), {"backend": "tensorflow",
+                                                          "data_source": "test images"})
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(precision_accuracy.subprocess, "run", fake_run)
+    output = tmp_path / "precision.json"
+    assert precision_accuracy.main([
+        "--data-dir", str(tmp_path), "--seeds", "0", "1", "--epochs", "2",
+        "--train-images", "64", "--set", "schedule.boundaries=[10,20]",
+        "--output-dir", str(tmp_path / "runs"), "--json", str(output)]) == 0
+    assert len(commands) == 4
+    for command in commands:
+        assert command[command.index("--epochs") + 1] == "2"
+        sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+        assert sets == ["train_images=64", "schedule.boundaries=[10,20]"]
+    saved = json.loads(output.read_text())
+    assert saved["edits"] == ["schedule.boundaries=[10,20]"] and len(saved["runs"]) == 4
+    fp32, bf16 = saved["summary"]["fp32"], saved["summary"]["bf16"]
+    assert fp32["mean_test_accuracy"] == pytest.approx(0.81)
+    assert bf16["mean_test_accuracy"] == pytest.approx(0.81)
+    assert bf16["stdev_test_accuracy"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert bf16["difference_from_fp32"] == pytest.approx(0.0) and bf16["within_noise"] is True
+    table = (tmp_path / "precision.md").read_text()
+    assert "Recipe edits: schedule.boundaries=[10,20]." in table and "| bf16 | 1 | 0.8300 |" in table
