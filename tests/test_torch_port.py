@@ -67,7 +67,8 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     output = tmp_path / "throughput.json"
     result = subprocess.run(
         [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--backends", "torch",
-         "--models", "cnn_baseline", "--steps", "1", "--no-memory", "--json", str(output)],
+         "--models", "cnn_baseline", "--steps", "1", "--rounds", "2", "--no-memory",
+         "--json", str(output)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads(output.read_text())
@@ -78,12 +79,19 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert row["train_ratio"] == pytest.approx(row["keras_train_ips"] / row["torch_train_ips"])
     assert row["infer_ratio"] == pytest.approx(row["keras_infer_ips"] / row["torch_infer_ips"])
     assert row["torch_train_ips"] == max(row["torch_train_nchw"], row["torch_train_channels_last"])
+    # Each round's paired ratio is kept; the table gives their range after the median.
+    for kind in ("train", "infer"):
+        rounds = row[f"{kind}_ratio_rounds"]
+        assert len(rounds) == 2 and min(rounds) <= row[f"{kind}_ratio"] * 1.0001
+        assert max(rounds) >= row[f"{kind}_ratio"] * 0.9999
     assert saved["versions"]["torch"] == torch.__version__ and saved["notes"]
     # glibc's thresholds raised in the torch child, as run.py does (Linux with glibc).
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert saved["malloc_keeps_freed_memory"] == {"torch": glibc}
     table = (tmp_path / "throughput.md").read_text()
     assert "| cnn_baseline (" in table and "| torch |" in table and "## What was tried" in table
+    rounds = row["train_ratio_rounds"]
+    assert f"**{row['train_ratio']:.2f}** ({min(rounds):.2f}-{max(rounds):.2f})" in table
     assert f"keeps freed memory for reuse (training/allocator.py, as run.py sets it; both " \
            f"frameworks share the process): torch {'yes' if glibc else 'no'}." in table
 
