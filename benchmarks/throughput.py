@@ -563,6 +563,12 @@ def merge(paths):
     return result
 
 
+def round_range(row, kind):
+    """' (low-high)' of a row's per-round ratios, where it had several rounds; else ''."""
+    values = row.get(f"{kind}_ratio_rounds") or []
+    return f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+
+
 def table(result):
     versions = result["versions"]
     lines = ["# Throughput: Keras against PyTorch", "",
@@ -589,10 +595,6 @@ def table(result):
              "train ratio | Keras infer img/s | PyTorch infer img/s | infer ratio | "
              "Keras peak MiB | PyTorch peak MiB | memory ratio |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    def spread(row, kind):  # the per-round ratios' range, where there were rounds
-        values = row.get(f"{kind}_ratio_rounds") or []
-        return f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
-
     for row in best_rows(result["rows"]):
         memory_cells = ("- | - | -" if row.get("keras_peak_mb") is None else
                         f"{row['keras_peak_mb']:.0f} | {row['torch_peak_mb']:.0f} | "
@@ -600,8 +602,8 @@ def table(result):
         lines.append(
             f"| {row['experiment']} ({row['trainable_params']:,}) | {row['precision']} | "
             f"{row['backend']} | {row['keras_train_ips']:.0f} | {row['torch_train_ips']:.0f} | "
-            f"**{row['train_ratio']:.2f}**{spread(row, 'train')} | {row['keras_infer_ips']:.0f} | "
-            f"{row['torch_infer_ips']:.0f} | **{row['infer_ratio']:.2f}**{spread(row, 'infer')} | "
+            f"**{row['train_ratio']:.2f}**{round_range(row, 'train')} | {row['keras_infer_ips']:.0f} | "
+            f"{row['torch_infer_ips']:.0f} | **{row['infer_ratio']:.2f}**{round_range(row, 'infer')} | "
             f"{memory_cells} |")
     lines += ["", "Every backend and variant (images/s; - where a variant does not apply):", "",
               "| network | precision | backend | train ratio | infer ratio | "
@@ -627,7 +629,8 @@ def table(result):
                               for name, (k, t) in result["bf16_speedup"].items()) + "."]
     lines += ["", "Ratios are Keras / PyTorch (above 1: Keras is faster; for memory, above 1: "
               "Keras uses more); a ratio's median is followed, where there were several rounds, "
-              "by the range of the rounds' own ratios (each round times both frameworks). Targets: train and inference ratio >= 1.0, memory ratio <= 1.5, "
+              "by the range of the rounds' own ratios (each round times both frameworks). "
+              "Targets: train and inference ratio >= 1.0, memory ratio <= 1.5, "
               "bf16 training >= 1.5x fp32.", "", "## What was tried", ""]
     lines += [f"- {note}" for note in result["notes"]] + [""]
     return "\n".join(lines)
