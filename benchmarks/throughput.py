@@ -665,6 +665,15 @@ def backend_rows(args):
                          backend: __import__(backend).__version__}}
 
 
+def write_report(path, result):
+    """The report's JSON at `path` and its markdown table beside it, each written atomically."""
+    from training import record
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    record.write_json(path, result)
+    record.atomic_write_text(os.path.splitext(path)[0] + ".md", table(result))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="experiment names")
@@ -700,11 +709,7 @@ def main(argv=None):
             json.dump(backend_rows(args), stream)
         return 0
     if args.merge:
-        from training import record
-
-        result = merge(args.merge)
-        record.write_json(args.json, result)
-        record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+        write_report(args.json, merge(args.merge))
         print(f"wrote {args.json} and its .md table")
         return 0
     if args.notes_only:
@@ -712,8 +717,7 @@ def main(argv=None):
 
         result = record.read_json(args.json)
         result["notes"] = NOTES
-        record.write_json(args.json, result)
-        record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+        write_report(args.json, result)
         return 0
     if args.steps < 1 or args.rounds < 1:
         parser.error(f"--steps and --rounds must be >= 1; got {args.steps}, {args.rounds}")
@@ -726,7 +730,6 @@ def main(argv=None):
 
     from benchmarks.augment import machine
     from data.pipeline import input_threads
-    from training import record
     from training.engine import device_description
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
@@ -751,9 +754,7 @@ def main(argv=None):
         result["threads"] = part["threads"]
         result.setdefault("malloc_keeps_freed_memory", {})[backend] = part["malloc_keeps_freed_memory"]
     result["bf16_speedup"] = bf16_speedup(result["rows"])
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    record.write_json(args.json, result)
-    record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+    write_report(args.json, result)
     print(f"wrote {args.json} and its .md table")
     return 0
 
