@@ -46,7 +46,7 @@ def basic_block(x, width, strides, *, name, dropout=0.0, shortcut_kind="projecti
     y = tl.batch_norm(y, name=f"{name}_bn1")
     y = layers.ReLU(name=f"{name}_relu1")(y)
     if dropout:
-        y = layers.Dropout(dropout, name=f"{name}_drop")(y)
+        y = native.Dropout(dropout, name=f"{name}_drop")(y)
     y = tl.conv(y, width, 3, name=f"{name}_conv2", init=init)
     y = tl.batch_norm(y, name=f"{name}_bn2")
     y = layers.Add(name=f"{name}_add")([y, shortcut(x, width, strides, shortcut_kind, init, name=name)])
@@ -59,7 +59,7 @@ def bottleneck_block(x, width, strides, *, name, dropout=0.0, shortcut_kind="pro
     y = tl.batch_norm(y, name=f"{name}_bn1")
     y = layers.ReLU(name=f"{name}_relu1")(y)
     if dropout:
-        y = layers.Dropout(dropout, name=f"{name}_drop")(y)
+        y = native.Dropout(dropout, name=f"{name}_drop")(y)
     y = tl.conv(y, width, 3, strides, name=f"{name}_conv2", init=init)
     y = tl.batch_norm(y, name=f"{name}_bn2")
     y = layers.ReLU(name=f"{name}_relu2")(y)
@@ -98,7 +98,7 @@ def cifar_resnet(
     x = tl.batch_norm(x, name="stem_bn")
     x = layers.ReLU(name="stem_relu")(x)
     if dropout:
-        x = layers.Dropout(dropout, name="stem_drop")(x)
+        x = native.Dropout(dropout, name="stem_drop")(x)
     if se_reduction:
         x = squeeze_excite(x, se_reduction, name="stem_se")
     for stage, (count, width, stride, kind) in enumerate(zip(blocks, widths, strides, block_types)):

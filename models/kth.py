@@ -55,14 +55,14 @@ def vgg_cnn(num_classes=10, *, blocks=3, norm=None, pool_dropout=(), dense_dropo
                 x = norm_layer(norm, name=f"block{block + 1}_norm{index + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block + 1}_pool")(x)
         if block < len(pool_dropout) and pool_dropout[block]:
-            x = layers.Dropout(pool_dropout[block], name=f"block{block + 1}_drop")(x)
+            x = native.Dropout(pool_dropout[block], name=f"block{block + 1}_drop")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", kernel_initializer="he_uniform",
                      kernel_regularizer=_l2(l2), name="dense")(x)
     if norm:
         x = norm_layer(norm, name="dense_norm")(x)
     if dense_dropout:
-        x = layers.Dropout(dense_dropout, name="dense_drop")(x)
+        x = native.Dropout(dense_dropout, name="dense_drop")(x)
     outputs = layers.Dense(num_classes, name="logits", dtype=tl.LOGITS_DTYPE)(x)
     return native.Network(inputs, outputs, name=name)
 
@@ -112,7 +112,7 @@ def residual_block(x, filters, downsample, *, l2, dropout, name):
     y = native.Conv2D(filters, 3, padding="same", kernel_initializer="he_uniform",
                       kernel_regularizer=_l2(l2), name=f"{name}_conv2")(y)
     if dropout:
-        y = layers.Dropout(dropout, name=f"{name}_drop")(y)
+        y = native.Dropout(dropout, name=f"{name}_drop")(y)
     if downsample:  # glorot init, bias, no L2, as in the original
         x = native.Conv2D(filters, 1, strides=2, padding="same", name=f"{name}_shortcut")(x)
     return relu_bn(layers.Add(name=f"{name}_add")([x, y]), name=f"{name}_out")

@@ -197,6 +197,45 @@ class BatchNormalization(layers.BatchNormalization):
         return outputs.permute(0, 2, 3, 1).to(_torch_dtype(self.compute_dtype))
 
 
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class Dropout(layers.Dropout):
+    """Keras's Dropout; on the PyTorch backend on a CPU, its mask is drawn
+    from NumPy's SFC64 generator, seeded by the layer's SeedGenerator.
+
+    Why: PyTorch's CPU `bernoulli_`, which both Keras's torch backend and
+    `nn.Dropout` use, takes about 6 ns an element; SFC64 fills 32 random bits
+    an element in under 1 ns, and the comparison that turns them into the mask
+    runs on PyTorch's threads. Measured on a 2-core CPU, a 128x32x32x64
+    dropout forward and backward took 19 ms against 59 ms with
+    `torch.nn.functional.dropout`: about a tenth of resnet_deep's training
+    step (nine dropout layers). Every unit is dropped with probability
+    round(rate * 2**32) / 2**32 (off `rate` by less than 1e-9), independently,
+    and the kept ones are scaled by 1 / (1 - rate), as Keras's dropout does.
+    The same seed gives the same masks (Keras's unseeded torch path does not).
+    Elsewhere (other backends, a GPU, a noise_shape) it is Keras's dropout.
+    """
+
+    def call(self, inputs, training=False):
+        if not (training and 0.0 < self.rate < 1.0 and self.noise_shape is None
+                and _use_torch()):
+            return super().call(inputs, training=training)
+        inputs = _as_tensor(inputs)
+        if inputs.device.type != "cpu" or not inputs.dtype.is_floating_point:
+            return super().call(inputs, training=training)
+        import numpy as np
+        import torch
+
+        seed = [int(value) & 0xFFFFFFFF for value in self.seed_generator.next().tolist()]
+        words = np.random.SFC64(np.random.SeedSequence(seed)).random_raw(
+            (inputs.numel() + 1) // 2)
+        # 32 uniform bits an element, read as int32: uniform over [-2**31, 2**31),
+        # so a unit is kept where its bits reach the threshold below.
+        bits = torch.from_numpy(words.view(np.int32)[:inputs.numel()]).view(inputs.shape)
+        threshold = round(self.rate * 2**32) - 2**31
+        mask = (bits >= threshold).to(inputs.dtype).mul_(1.0 / (1.0 - self.rate))
+        return inputs * mask
+
+
 # Keras layers whose __call__ adds nothing to call() for the tensors met inside
 # a network but dtype handling (which _with_dtypes does): no masks or sublayers.
 # A layer of the suite's own opts in with a class attribute `direct_call = True`.

@@ -414,3 +414,67 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared
     assert float(lines["worst"]) < 1e-5, result.stdout
+
+
+DROPOUT_SCRIPT = """
+import sys, numpy as np, torch
+sys.path.insert(0, {root!r})
+import keras
+from models import native
+
+keras_calls = []
+for module, attribute in ((torch, "bernoulli"), (torch.nn.functional, "dropout")):
+    def counted(*args, _original=getattr(module, attribute), **kwargs):
+        keras_calls.append(1)
+        return _original(*args, **kwargs)
+    setattr(module, attribute, counted)
+
+keras.utils.set_random_seed(0)
+layer = native.Dropout(0.2)
+x = torch.full((250, 4000), 3.0, requires_grad=True)
+y = layer(x, training=True)
+y.sum().backward()
+dropped = (y == 0).double()
+print("dropped", float(dropped.mean()))
+print("kept", sorted(set(y[y != 0].tolist())))
+print("grad_is_mask", bool(torch.equal(x.grad * 3.0, y.detach())))
+flat = dropped.flatten()
+print("neighbour_corr", float(np.corrcoef(flat[:-1].numpy(), flat[1:].numpy())[0, 1]))
+half = native.Dropout(0.5)(x, training=True)
+print("dropped_half", float((half == 0).double().mean()))
+again = layer(x, training=True)
+print("next_call_differs", bool((again != y).any()))
+keras.utils.set_random_seed(0)
+print("seed_repeats", bool(torch.equal(native.Dropout(0.2)(x, training=True), y)))
+print("native_only", len(keras_calls))
+print("inference", bool(torch.equal(layer(x, training=False), x)))
+small = native.Dropout(0.3, dtype="bfloat16")(torch.ones(3, 5), training=True)
+print("bf16", small.dtype, sorted(set(small.flatten().tolist())))
+rows = native.Dropout(0.5, noise_shape=(250, 1))(torch.ones(250, 4000), training=True)
+print("noise_shape", bool(((rows == 0).all(1) | (rows != 0).all(1)).all()), len(keras_calls) > 0)
+"""
+
+
+def test_native_dropout_on_the_torch_backend():
+    """native.Dropout's NumPy-drawn mask: the rate, the scaling, the gradient,
+    independence, seeding, and Keras's path where it does not apply."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "-c", DROPOUT_SCRIPT.format(root=ROOT)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    # A million units: the standard error of the dropped fraction is 4e-4 at
+    # rate 0.2 and 5e-4 at 0.5; five of them either side.
+    assert abs(float(lines["dropped"]) - 0.2) < 2e-3, result.stdout
+    assert abs(float(lines["dropped_half"]) - 0.5) < 2.5e-3, result.stdout
+    assert abs(float(lines["neighbour_corr"])) < 5e-3, result.stdout
+    assert lines["kept"] == "[3.75]", result.stdout  # 3 / (1 - 0.2)
+    assert lines["grad_is_mask"] == "True", result.stdout
+    assert lines["next_call_differs"] == "True", result.stdout
+    assert lines["seed_repeats"] == "True", result.stdout
+    assert lines["native_only"] == "0", result.stdout  # neither bernoulli nor F.dropout
+    assert lines["inference"] == "True", result.stdout
+    # bf16 stays bf16; 1 / 0.7 rounded to bf16's 8 bits.
+    assert lines["bf16"] == "torch.bfloat16 [0.0, 1.4296875]", result.stdout
+    assert lines["noise_shape"] == "True True", result.stdout  # Keras's own dropout
