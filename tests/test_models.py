@@ -374,15 +374,21 @@ keras.config.set_dtype_policy("float32")
 """
 
 
+def run_on_torch(script):
+    """Runs `script` (formatted with the project root) on the PyTorch backend in a
+    child process; returns the result and its stdout's "key value" lines."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "-c", script.format(root=ROOT)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
 def test_native_torch_layers_match_keras_on_the_torch_backend():
     """models/native.py's PyTorch-kernel path against Keras's own implementation:
     outputs, input and weight gradients, moving statistics and inference."""
-    pytest.importorskip("torch")
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    result = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT.format(root=ROOT)], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    result, lines = run_on_torch(NATIVE_SCRIPT)
     # Native: the five convs (four Conv2D, one depthwise) and both BatchNorms, once
     # training and once inferring.
     # Network calls eight of its eleven layers' call() directly, training and
@@ -458,12 +464,7 @@ print("noise_shape", bool(((rows == 0).all(1) | (rows != 0).all(1)).all()), len(
 def test_native_dropout_on_the_torch_backend():
     """native.Dropout's NumPy-drawn mask: the rate, the scaling, the gradient,
     independence, seeding, and Keras's path where it does not apply."""
-    pytest.importorskip("torch")
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    result = subprocess.run([sys.executable, "-c", DROPOUT_SCRIPT.format(root=ROOT)], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    result, lines = run_on_torch(DROPOUT_SCRIPT)
     # A million units: the standard error of the dropped fraction is 4e-4 at
     # rate 0.2 and 5e-4 at 0.5; five of them either side.
     assert abs(float(lines["dropped"]) - 0.2) < 2e-3, result.stdout
