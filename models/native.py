@@ -9,7 +9,8 @@ separate mean/square/subtract/multiply ops. An NHWC tensor permuted to NCHW
 *is* a channels-last tensor, so oneDNN can take it as it is, and
 `torch.nn.functional.batch_norm` does the normalisation in one fused kernel
 with its own backward; a convolution adds its bias itself instead of in a
-second pass. Measured on a 2-core CPU (ResNet-20 training, batch 128,
+second pass. In bf16, a strided depthwise convolution's input gradient is
+computed in float32, where oneDNN's bf16 kernel for it is 5-80x slower. Measured on a 2-core CPU (ResNet-20 training, batch 128,
 benchmarks/throughput.py): the copies and the unfused BatchNorm were about
 a quarter of the step.
 
@@ -88,10 +89,67 @@ def _torch_conv2d(inputs, kernel_oihw, layer, groups, bias=None, padding=(0, 0))
         else:  # PyTorch's padding argument is symmetric: pad explicitly
             x = torch.nn.functional.pad(x, (left, right, top, bottom)).contiguous(
                 memory_format=torch.channels_last)
-    outputs = torch.nn.functional.conv2d(x, kernel_oihw, bias, stride=layer.strides,
-                                         padding=padding, dilation=layer.dilation_rate,
-                                         groups=groups)
+    arguments = (tuple(layer.strides), tuple(padding), tuple(layer.dilation_rate), groups)
+    if (groups > 1 and max(layer.strides) > 1 and x.dtype == torch.bfloat16
+            and x.device.type == "cpu" and torch.is_grad_enabled()):
+        outputs = _strided_grouped_conv().apply(x, kernel_oihw, bias, *arguments)
+    else:
+        outputs = torch.nn.functional.conv2d(x, kernel_oihw, bias, *arguments)
     return outputs.permute(0, 2, 3, 1)
+
+
+_STRIDED_GROUPED_CONV = []
+
+
+def _strided_grouped_conv():
+    """conv2d as an autograd Function whose input gradient is computed in
+    float32: for bf16 tensors on a CPU, grouped convolutions with a stride.
+
+    Why: for a strided depthwise convolution in bf16, oneDNN's backward-data
+    pass (brgconv_strided) takes 40-300x its float32 time on a CPU without
+    AMX: 125 ms against 24 for MobileNetV2's 128x168x32x32 stride-2 layer,
+    103 ms against 1.3 for its 672-channel one (2-core AVX-512 CPU, PyTorch
+    2.13). Casting the output gradient and the kernel to float32 and the input
+    gradient back costs a few ms. The forward pass and the kernel's gradient
+    stay in bf16, where they are fast. The input gradient is the same sum,
+    rounded to bf16 once (bf16 oneDNN accumulates in float32 too).
+    """
+    if not _STRIDED_GROUPED_CONV:
+        import torch
+
+        class StridedGroupedConv(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, kernel, bias, stride, padding, dilation, groups):
+                ctx.save_for_backward(x, kernel)
+                ctx.arguments = (stride, padding, dilation, groups)
+                ctx.bias_shape = None if bias is None else list(bias.shape)
+                return torch.nn.functional.conv2d(x, kernel, bias, stride, padding, dilation,
+                                                  groups)
+
+            @staticmethod
+            @torch.autograd.function.once_differentiable
+            def backward(ctx, grad):
+                x, kernel = ctx.saved_tensors
+                stride, padding, dilation, groups = ctx.arguments
+                grad = grad.contiguous(memory_format=torch.channels_last)
+                backward = torch.ops.aten.convolution_backward
+                grad_x = grad_kernel = grad_bias = None
+                if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                    _, grad_kernel, grad_bias = backward(
+                        grad, x, kernel, ctx.bias_shape, stride, padding, dilation, False,
+                        [0, 0], groups, [False, ctx.needs_input_grad[1],
+                                         ctx.needs_input_grad[2]])
+                if ctx.needs_input_grad[0]:
+                    # Only the shape and memory format of the input matter here.
+                    like = torch.empty(x.shape, dtype=torch.float32,
+                                       memory_format=torch.channels_last)
+                    grad_x = backward(grad.float(), like, kernel.float(), None, stride, padding,
+                                      dilation, False, [0, 0], groups,
+                                      [True, False, False])[0].to(x.dtype)
+                return grad_x, grad_kernel, grad_bias, None, None, None, None
+
+        _STRIDED_GROUPED_CONV.append(StridedGroupedConv)
+    return _STRIDED_GROUPED_CONV[0]
 
 
 def _native_conv_call(layer, inputs, padding=(0, 0)):

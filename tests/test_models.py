@@ -370,7 +370,37 @@ with torch.no_grad():
     out, reference = model(images, training=False), walk()
 print("folded_mixed", len(model._torch_plan(False, "bfloat16")), out.dtype,
       float((out.float() - reference.float()).abs().max() / reference.float().abs().max()))
+# bf16 strided depthwise convolutions take their input gradient in float32
+# (native._strided_grouped_conv): against float64 on the same bf16 values, for
+# an asymmetric "same" padding (8x8 input) and a symmetric one (9x9).
+strided_used = []
+original_strided = native._strided_grouped_conv
+native._strided_grouped_conv = lambda: strided_used.append(1) or original_strided()
+errors = []
+for size in (8, 9):
+    layer = native.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                                   bias_initializer="random_normal")
+    images = torch.tensor(rng.normal(size=(4, size, size, 5)), dtype=torch.bfloat16,
+                          requires_grad=True)
+    out = layer(images)
+    grad = torch.tensor(rng.normal(size=tuple(out.shape)), dtype=torch.bfloat16)
+    computed = [out, *torch.autograd.grad(out, [images, layer.kernel.value, layer.bias.value],
+                                          grad)]
+    top = 0 if size == 8 else 1  # Keras's "same" pads an even input bottom/right only
+    x64 = torch.nn.functional.pad(images.detach().double().permute(0, 3, 1, 2),
+                                  (top, 1, top, 1)).requires_grad_()
+    kernel64 = layer.kernel.value.detach().to(torch.bfloat16).double().requires_grad_()
+    bias64 = layer.bias.value.detach().to(torch.bfloat16).double().requires_grad_()
+    out64 = torch.nn.functional.conv2d(x64, kernel64.reshape(3, 3, 1, 10).permute(3, 2, 0, 1),
+                                       bias64, stride=2, groups=5).permute(0, 2, 3, 1)
+    wanted = [out64, *torch.autograd.grad(out64, [x64, kernel64, bias64], grad.double())]
+    wanted[1] = wanted[1][:, :, top:top + size, top:top + size].permute(0, 2, 3, 1)
+    errors += [float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(computed, wanted)]
+with torch.no_grad():
+    layer(images)  # nothing to differentiate: the plain convolution
+print("strided_bf16", len(strided_used), computed[1].dtype, max(errors))
 keras.config.set_dtype_policy("float32")
+native._strided_grouped_conv = original_strided
 """
 
 
@@ -416,6 +446,9 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     steps, dtype, gap = lines["folded_mixed"].split()
     assert (steps, dtype) == ("14", "torch.bfloat16"), result.stdout
     assert float(gap) < 2e-2, result.stdout  # bf16 has 8 mantissa bits
+    used, dtype, gap = lines["strided_bf16"].split()
+    assert (used, dtype) == ("2", "torch.bfloat16"), result.stdout  # training calls only
+    assert float(gap) < 1e-2, result.stdout  # one bf16 rounding (2**-8) of each result
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared
