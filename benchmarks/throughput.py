@@ -213,10 +213,11 @@ NOTES = [
     "1.60x).",
     "Spread (AVX-512 machine, 5 rounds, each round's own Keras/PyTorch ratio shown after the "
     "median): fp32 training ratios moved by 0.1-0.3 between rounds of a run on a loaded "
-    "machine (resnet20 0.87-1.20) and by 0.03-0.12 on a quiet one. "
-    "bf16 over fp32 compares rows timed minutes apart, not paired: resnet20 1.43x, 1.60x and "
-    "1.35x in three runs (PyTorch 1.39x in the last). (An earlier run's ranges divided by each "
-    "round's faster PyTorch layout; the rounds now use the layout the median reports, "
+    "machine (resnet20 0.87-1.20) and by 0.02-0.25 on a quiet one (resnet20 1.00-1.25 in "
+    "this report). bf16 over fp32 compares rows timed minutes apart, not paired: resnet20 "
+    "1.43x, 1.60x, 1.35x and 1.44x in four runs (PyTorch 1.39x and 1.47x in the last two). "
+    "(An earlier run's ranges divided by each round's faster PyTorch layout; the rounds now "
+    "use the layout the median reports, "
     "channels-last in every row there, so that the median ratio always lies within its "
     "range.)",
     "Dropout (models/native.py's Dropout): resnet_deep trained at 0.96x eager PyTorch "
@@ -227,7 +228,8 @@ NOTES = [
     "an element from NumPy's SFC64 (seeded from the layer's SeedGenerator) and compares them "
     "with round(rate * 2**32) on PyTorch's threads: a 128x32x32x64 dropout forward and "
     "backward 19 ms against 59 ms for torch.nn.functional.dropout. resnet_deep training: "
-    "1.17x (1.15-1.20, 6 paired rounds), 1.14x in this report; bf16 1.22x.",
+    "1.17x (1.15-1.20, 6 paired rounds), 1.14x and 1.16x in the last two reports; bf16 "
+    "1.22x and 1.23x.",
     "The five networks without dropout run the very same kernels on both sides. oneDNN's "
     "verbose log of 4 ModifiedResNet training steps lists the same 176 primitives with the "
     "same shapes, layouts and implementations (brg_conv_fwd:avx512_core and its backward "
@@ -242,16 +244,18 @@ NOTES = [
     "variables and oneDNN's (out, h, w, in) layout, and Keras's Adam, which makes more passes "
     "than torch.optim's. Under cProfile 92% of 10 bf16 resnet5m_row6 steps is the backward "
     "pass, the convolutions and BatchNorm. So these five train level with eager PyTorch "
-    "(medians 0.98-1.05 here, bf16 0.95-1.02), and being ahead of it by more than the noise "
-    "would take a faster convolution than oneDNN's.",
+    "(medians 0.97-1.06 in this report, bf16 0.96-1.04), and being ahead of it by more than "
+    "the noise would take a faster convolution than oneDNN's.",
     "MobileNetV2 in bf16 trained at 0.88x its fp32 speed (PyTorch AMP 0.94x). Its three "
     "stride-2 depthwise convolutions were most of the difference: for them oneDNN's bf16 "
-    "backward-data pass is brgconv_strided (one channel per group), 125 ms against 24 in "
-    "fp32 for the 128x168x32x32 layer, 70 against 2.7 for 224x16x16, 103 against 1.3 for "
+    "backward-data pass is brgconv_strided (one channel per group), 115 ms against 4.4 in "
+    "fp32 for the 128x168x32x32 layer, 67 against 1.3 for 224x16x16, 99 against 0.7 for "
     "672x8x8 (forward and kernel gradient are fast in bf16). models/native.py now computes "
     "only that input gradient in float32 (cast in, one bf16 rounding out; within bf16 "
-    "rounding of float64 in the test): MobileNetV2 bf16 training 156 -> 261 img/s, 1.54x "
-    "Keras's fp32 and 1.59x PyTorch AMP (2 rounds). The PyTorch port keeps what AMP does.",
+    "rounding of float64 in the test; 8.6, 2.4 and 1.3 ms with the casts): MobileNetV2 "
+    "bf16 training 156 -> 261 img/s, 1.54x Keras's fp32 and 1.59x PyTorch AMP, in a run of "
+    "2 rounds; 235 img/s, 1.35x fp32 and 1.50x AMP in this report's 5 rounds. The PyTorch "
+    "port keeps what AMP does.",
 ]
 
 

@@ -9,10 +9,11 @@ separate mean/square/subtract/multiply ops. An NHWC tensor permuted to NCHW
 *is* a channels-last tensor, so oneDNN can take it as it is, and
 `torch.nn.functional.batch_norm` does the normalisation in one fused kernel
 with its own backward; a convolution adds its bias itself instead of in a
-second pass. In bf16, a strided depthwise convolution's input gradient is
-computed in float32, where oneDNN's bf16 kernel for it is 5-80x slower. Measured on a 2-core CPU (ResNet-20 training, batch 128,
+second pass. Measured on a 2-core CPU (ResNet-20 training, batch 128,
 benchmarks/throughput.py): the copies and the unfused BatchNorm were about
-a quarter of the step.
+a quarter of the step. In bf16, a strided depthwise convolution's input
+gradient is computed in float32, where oneDNN's bf16 kernel for it is 25-150x
+slower.
 
 The layers compute the same function with the same variables, and save and
 load as these classes (`cifar_repro>Conv2D`, ...); tests/test_models.py
@@ -106,11 +107,12 @@ def _strided_grouped_conv():
     float32: for bf16 tensors on a CPU, grouped convolutions with a stride.
 
     Why: for a strided depthwise convolution in bf16, oneDNN's backward-data
-    pass (brgconv_strided) takes 40-300x its float32 time on a CPU without
-    AMX: 125 ms against 24 for MobileNetV2's 128x168x32x32 stride-2 layer,
-    103 ms against 1.3 for its 672-channel one (2-core AVX-512 CPU, PyTorch
-    2.13). Casting the output gradient and the kernel to float32 and the input
-    gradient back costs a few ms. The forward pass and the kernel's gradient
+    pass (brgconv_strided) takes 25-150x its float32 time on a CPU without
+    AMX: 115 ms against 4.4 for MobileNetV2's 128x168x32x32 stride-2 layer,
+    99 ms against 0.7 for its 672-channel one (2-core AVX-512 CPU, PyTorch
+    2.13, batch 128). With the casts (the output gradient and the kernel to
+    float32, the input gradient back) the layer's input gradient takes 8.6 ms
+    against 121, and 1.3 ms against 104. The forward pass and the kernel's gradient
     stay in bf16, where they are fast. The input gradient is the same sum,
     rounded to bf16 once (bf16 oneDNN accumulates in float32 too).
     """
