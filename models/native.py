@@ -91,20 +91,20 @@ def _torch_conv2d(inputs, kernel_oihw, layer, groups, bias=None, padding=(0, 0))
             x = torch.nn.functional.pad(x, (left, right, top, bottom)).contiguous(
                 memory_format=torch.channels_last)
     arguments = (tuple(layer.strides), tuple(padding), tuple(layer.dilation_rate), groups)
-    if (groups > 1 and max(layer.strides) > 1 and x.dtype == torch.bfloat16
-            and x.device.type == "cpu" and torch.is_grad_enabled()):
-        outputs = _strided_grouped_conv().apply(x, kernel_oihw, bias, *arguments)
+    if (groups > 1 and groups == x.shape[1] and max(layer.strides) > 1
+            and x.dtype == torch.bfloat16 and x.device.type == "cpu" and torch.is_grad_enabled()):
+        outputs = _strided_depthwise_conv().apply(x, kernel_oihw, bias, *arguments)
     else:
         outputs = torch.nn.functional.conv2d(x, kernel_oihw, bias, *arguments)
     return outputs.permute(0, 2, 3, 1)
 
 
-_STRIDED_GROUPED_CONV = []
+_STRIDED_DEPTHWISE_CONV = []
 
 
-def _strided_grouped_conv():
+def _strided_depthwise_conv():
     """conv2d as an autograd Function whose input gradient is computed in
-    float32: for bf16 tensors on a CPU, grouped convolutions with a stride.
+    float32: for bf16 tensors on a CPU, depthwise convolutions with a stride.
 
     Why: for a strided depthwise convolution in bf16, oneDNN's backward-data
     pass (brgconv_strided) takes 25-150x its float32 time on a CPU without
@@ -112,14 +112,14 @@ def _strided_grouped_conv():
     99 ms against 0.7 for its 672-channel one (2-core AVX-512 CPU, PyTorch
     2.13, batch 128). With the casts (the output gradient and the kernel to
     float32, the input gradient back) the layer's input gradient takes 8.6 ms
-    against 121, and 1.3 ms against 104. The forward pass and the kernel's gradient
-    stay in bf16, where they are fast. The input gradient is the same sum,
+    against 121, and 1.3 ms against 104. The forward pass and the kernel's
+    gradient stay in bf16, where they are fast. The input gradient is the same sum,
     rounded to bf16 once (bf16 oneDNN accumulates in float32 too).
     """
-    if not _STRIDED_GROUPED_CONV:
+    if not _STRIDED_DEPTHWISE_CONV:
         import torch
 
-        class StridedGroupedConv(torch.autograd.Function):
+        class StridedDepthwiseConv(torch.autograd.Function):
             @staticmethod
             def forward(ctx, x, kernel, bias, stride, padding, dilation, groups):
                 ctx.save_for_backward(x, kernel)
@@ -150,8 +150,8 @@ def _strided_grouped_conv():
                                       [True, False, False])[0].to(x.dtype)
                 return grad_x, grad_kernel, grad_bias, None, None, None, None
 
-        _STRIDED_GROUPED_CONV.append(StridedGroupedConv)
-    return _STRIDED_GROUPED_CONV[0]
+        _STRIDED_DEPTHWISE_CONV.append(StridedDepthwiseConv)
+    return _STRIDED_DEPTHWISE_CONV[0]
 
 
 def _native_conv_call(layer, inputs, padding=(0, 0)):

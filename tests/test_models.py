@@ -371,11 +371,11 @@ with torch.no_grad():
 print("folded_mixed", len(model._torch_plan(False, "bfloat16")), out.dtype,
       float((out.float() - reference.float()).abs().max() / reference.float().abs().max()))
 # bf16 strided depthwise convolutions take their input gradient in float32
-# (native._strided_grouped_conv): against float64 on the same bf16 values, for
+# (native._strided_depthwise_conv): against float64 on the same bf16 values, for
 # an asymmetric "same" padding (8x8 input) and a symmetric one (9x9).
 strided_used = []
-original_strided = native._strided_grouped_conv
-native._strided_grouped_conv = lambda: strided_used.append(1) or original_strided()
+original_strided = native._strided_depthwise_conv
+native._strided_depthwise_conv = lambda: strided_used.append(1) or original_strided()
 errors = []
 for size in (8, 9):
     layer = native.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
@@ -395,12 +395,13 @@ for size in (8, 9):
                                        bias64, stride=2, groups=5).permute(0, 2, 3, 1)
     wanted = [out64, *torch.autograd.grad(out64, [x64, kernel64, bias64], grad.double())]
     wanted[1] = wanted[1][:, :, top:top + size, top:top + size].permute(0, 2, 3, 1)
-    errors += [float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(computed, wanted)]
+    errors += [float((a.double() - b).abs().max() / b.abs().max())
+               for a, b in zip(computed, wanted)]
 with torch.no_grad():
     layer(images)  # nothing to differentiate: the plain convolution
 print("strided_bf16", len(strided_used), computed[1].dtype, max(errors))
 keras.config.set_dtype_policy("float32")
-native._strided_grouped_conv = original_strided
+native._strided_depthwise_conv = original_strided
 """
 
 
