@@ -22,6 +22,7 @@ Cases the shortcut does not cover (unknown spatial sizes; masks; renorm;
 synchronized statistics; channels-first data) go through Keras's implementation.
 """
 
+import functools
 import weakref
 
 import keras
@@ -99,9 +100,7 @@ def _torch_conv2d(inputs, kernel_oihw, layer, groups, bias=None, padding=(0, 0))
     return outputs.permute(0, 2, 3, 1)
 
 
-_STRIDED_DEPTHWISE_CONV = []
-
-
+@functools.cache
 def _strided_depthwise_conv():
     """conv2d as an autograd Function whose input gradient is computed in
     float32: for bf16 tensors on a CPU, depthwise convolutions with a stride.
@@ -113,45 +112,43 @@ def _strided_depthwise_conv():
     2.13, batch 128). With the casts (the output gradient and the kernel to
     float32, the input gradient back) the layer's input gradient takes 8.6 ms
     against 121, and 1.3 ms against 104. The forward pass and the kernel's
-    gradient stay in bf16, where they are fast. The input gradient is the same sum,
-    rounded to bf16 once (bf16 oneDNN accumulates in float32 too).
+    gradient stay in bf16, where they are fast. The input gradient is the same
+    sum, rounded to bf16 once (bf16 oneDNN accumulates in float32 too). Built
+    on first use, since torch is only imported on the PyTorch backend.
     """
-    if not _STRIDED_DEPTHWISE_CONV:
-        import torch
+    import torch
 
-        class StridedDepthwiseConv(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, kernel, bias, stride, padding, dilation, groups):
-                ctx.save_for_backward(x, kernel)
-                ctx.arguments = (stride, padding, dilation, groups)
-                ctx.bias_shape = None if bias is None else list(bias.shape)
-                return torch.nn.functional.conv2d(x, kernel, bias, stride, padding, dilation,
-                                                  groups)
+    class StridedDepthwiseConv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, kernel, bias, stride, padding, dilation, groups):
+            ctx.save_for_backward(x, kernel)
+            ctx.arguments = (stride, padding, dilation, groups)
+            ctx.bias_shape = None if bias is None else list(bias.shape)
+            return torch.nn.functional.conv2d(x, kernel, bias, stride, padding, dilation, groups)
 
-            @staticmethod
-            @torch.autograd.function.once_differentiable
-            def backward(ctx, grad):
-                x, kernel = ctx.saved_tensors
-                stride, padding, dilation, groups = ctx.arguments
-                grad = grad.contiguous(memory_format=torch.channels_last)
-                backward = torch.ops.aten.convolution_backward
-                grad_x = grad_kernel = grad_bias = None
-                if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-                    _, grad_kernel, grad_bias = backward(
-                        grad, x, kernel, ctx.bias_shape, stride, padding, dilation, False,
-                        [0, 0], groups, [False, ctx.needs_input_grad[1],
-                                         ctx.needs_input_grad[2]])
-                if ctx.needs_input_grad[0]:
-                    # Only the shape and memory format of the input matter here.
-                    like = torch.empty(x.shape, dtype=torch.float32,
-                                       memory_format=torch.channels_last)
-                    grad_x = backward(grad.float(), like, kernel.float(), None, stride, padding,
-                                      dilation, False, [0, 0], groups,
-                                      [True, False, False])[0].to(x.dtype)
-                return grad_x, grad_kernel, grad_bias, None, None, None, None
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            x, kernel = ctx.saved_tensors
+            stride, padding, dilation, groups = ctx.arguments
+            grad = grad.contiguous(memory_format=torch.channels_last)
+            backward = torch.ops.aten.convolution_backward
+            grad_x = grad_kernel = grad_bias = None
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                _, grad_kernel, grad_bias = backward(
+                    grad, x, kernel, ctx.bias_shape, stride, padding, dilation, False,
+                    [0, 0], groups, [False, ctx.needs_input_grad[1],
+                                     ctx.needs_input_grad[2]])
+            if ctx.needs_input_grad[0]:
+                # Only the shape and memory format of the input matter here.
+                like = torch.empty(x.shape, dtype=torch.float32,
+                                   memory_format=torch.channels_last)
+                grad_x = backward(grad.float(), like, kernel.float(), None, stride, padding,
+                                  dilation, False, [0, 0], groups,
+                                  [True, False, False])[0].to(x.dtype)
+            return grad_x, grad_kernel, grad_bias, None, None, None, None
 
-        _STRIDED_DEPTHWISE_CONV.append(StridedDepthwiseConv)
-    return _STRIDED_DEPTHWISE_CONV[0]
+    return StridedDepthwiseConv
 
 
 def _native_conv_call(layer, inputs, padding=(0, 0)):
