@@ -13,7 +13,8 @@ second pass. Measured on a 2-core CPU (ResNet-20 training, batch 128,
 benchmarks/throughput.py): the copies and the unfused BatchNorm were about
 a quarter of the step. In bf16, a strided depthwise convolution's input
 gradient is computed in float32, where oneDNN's bf16 kernel for it is 25-150x
-slower.
+slower, and a bf16 BatchNorm whose channels are not a multiple of 16 runs
+PyTorch's kernels on a wider view of the same memory, where they are fast.
 
 The layers compute the same function with the same variables, and save and
 load as these classes (`cifar_repro>Conv2D`, ...); tests/test_models.py
@@ -222,18 +223,9 @@ class BatchNormalization(layers.BatchNormalization):
         gamma = self.gamma.value.to(dtype) if self.scale else None
         beta = self.beta.value.to(dtype) if self.center else None
         if training and self.trainable:
-            # The fused kernel hands out the batch statistics through running
-            # buffers with momentum 1 (the variance with Bessel's correction,
-            # undone here); Keras's moving averages are then updated from them.
-            channels = channels_first.shape[1]
-            mean = torch.zeros(channels, dtype=dtype, device=channels_first.device)
-            variance = torch.ones(channels, dtype=dtype, device=channels_first.device)
-            outputs = torch.nn.functional.batch_norm(
-                channels_first, mean, variance, gamma, beta, training=True, momentum=1.0,
-                eps=self.epsilon)
-            count = channels_first.numel() // channels
+            outputs, mean, variance = _batch_norm_training(channels_first, gamma, beta,
+                                                           self.epsilon)
             if in_stateless_scope():  # (stateless_call) Keras collects the new values
-                variance = variance * ((count - 1) / count)
                 for moving, batch in ((self.moving_mean, mean),
                                       (self.moving_variance, variance)):
                     moving.assign(moving.value * self.momentum + batch * (1.0 - self.momentum))
@@ -245,13 +237,145 @@ class BatchNormalization(layers.BatchNormalization):
                     self.moving_mean.value.mul_(self.momentum).add_(
                         mean, alpha=1.0 - self.momentum)
                     self.moving_variance.value.mul_(self.momentum).add_(
-                        variance, alpha=(1.0 - self.momentum) * (count - 1) / count)
+                        variance, alpha=1.0 - self.momentum)
         else:
             outputs = torch.nn.functional.batch_norm(
                 channels_first, self.moving_mean.value.to(dtype),
                 self.moving_variance.value.to(dtype), gamma, beta, training=False,
                 eps=self.epsilon)
         return outputs.permute(0, 2, 3, 1).to(_torch_dtype(self.compute_dtype))
+
+
+def _batch_norm_training(inputs, gamma, beta, epsilon):
+    """Batch normalisation of a channels-last NCHW tensor with its batch
+    statistics: (outputs, mean, variance without Bessel's correction, as Keras's
+    moments), the statistics in float32 (or wider)."""
+    import torch
+
+    channels = inputs.shape[1]
+    count = inputs.numel() // channels
+    repeats = _column_repeats(channels, count, inputs.dtype) if inputs.device.type == "cpu" else 0
+    if repeats:
+        return _column_batch_norm().apply(inputs, gamma, beta, epsilon, repeats)
+    # The fused kernel hands out the batch statistics through running buffers
+    # with momentum 1 (the variance with Bessel's correction, undone here).
+    dtype = torch.promote_types(inputs.dtype, torch.float32)
+    mean = torch.zeros(channels, dtype=dtype, device=inputs.device)
+    variance = torch.ones(channels, dtype=dtype, device=inputs.device)
+    outputs = torch.nn.functional.batch_norm(inputs, mean, variance, gamma, beta, training=True,
+                                             momentum=1.0, eps=epsilon)
+    return outputs, mean, variance * ((count - 1) / count)
+
+
+def _column_repeats(channels, count, dtype):
+    """How many pixels a row of the column view of `_column_batch_norm` holds
+    (`count` pixels in all), or 0 where PyTorch's channels-last kernel is the
+    faster on a CPU. That is everywhere but bf16 with channels not a multiple
+    of 16: 16, 32, 112 and 176 channels were measured faster on PyTorch's
+    kernel, and so was float32. Of the others, the column view pays for its
+    dozen small extra ops (~0.15 ms) where there are few channels (3 channels
+    at batch 128 over 32x32 pixels: 0.6 against 5.5 ms) or many pixels (168
+    channels over 16x16: 4.0 against 4.9 ms), not for 232 channels over 8x8
+    (1.5 ms both ways) or 268 over 4x4 (0.6 against 0.45 ms)."""
+    import torch
+
+    if dtype != torch.bfloat16 or channels % 16 == 0 or (channels >= 64 and count < 16384):
+        return 0
+    for repeats in range(1, 129):
+        if (repeats * channels) % 32 == 0 and repeats * channels >= 256 and count % repeats == 0:
+            return repeats
+    return 0
+
+
+@functools.cache
+def _column_batch_norm():
+    """Training-mode batch normalisation of a channels-last tensor computed on
+    its column view: the (pixels, channels) matrix that its memory is, read as
+    rows of `repeats` pixels (repeats * channels columns, a multiple of 32).
+
+    Why: PyTorch's channels-last kernel vectorises over the channels, and in
+    bf16 on a CPU it slows down where they are not a multiple of 16. On a
+    2-core AVX-512 CPU (batch 128; forward and backward) 24 channels over
+    32x32 pixels took 5.8 ms (2.5 on the column view), and in MobileNetV2's
+    bf16 training step its three 168-channel 32x32 BatchNorms took 59 ms (51),
+    its three 24-channel ones 17 ms (7). Over the wide columns the same
+    kernels run in their fast case: the column statistics come from
+    `batch_norm_update_stats` and fold into each channel's exactly (equal
+    groups: the mean of the means; the mean of the variances plus the variance
+    of the means); the normalisation and the backward pass are the inference
+    kernels with each channel's statistics repeated across its columns, plus one
+    affine pass for the batch statistics' share of the input gradient. Where
+    the channels are a multiple of 16 (16, 32, 112, 176 measured), and in
+    float32, PyTorch's kernel is as fast or faster, and is used. Built on first
+    use, since torch is only imported on the PyTorch backend.
+    """
+    import torch
+
+    aten = torch.ops.aten
+
+    def columns(tensor, repeats):
+        # NCHW in channels-last memory -> (pixels / repeats, repeats * channels)
+        return tensor.permute(0, 2, 3, 1).reshape(-1, repeats * tensor.shape[1])
+
+    def tiled(vector, repeats):
+        return None if vector is None else vector.repeat(repeats)
+
+    class ColumnBatchNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, gamma, beta, epsilon, repeats):
+            wide = columns(x, repeats)
+            channels = x.shape[1]
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            # float32 running buffers make the kernel compute the statistics in float32.
+            column_mean, column_variance = torch.batch_norm_update_stats(
+                wide, torch.zeros(wide.shape[1], dtype=dtype, device=x.device),
+                torch.ones(wide.shape[1], dtype=dtype, device=x.device), 1.0)
+            means = column_mean.view(repeats, channels)
+            mean = means.mean(0)
+            variance = column_variance.view(repeats, channels).mean(0) + means.var(0, correction=0)
+            # Written into a channels-last tensor of its own (not a view of the
+            # column view), which a following ReLU may overwrite (_writable).
+            outputs = torch.empty_like(x, memory_format=torch.channels_last)
+            aten.native_batch_norm.out(
+                wide, tiled(gamma, repeats), tiled(beta, repeats), tiled(mean, repeats),
+                tiled(variance, repeats), False, 0.0, epsilon, out=columns(outputs, repeats),
+                save_mean=mean.new_empty(0), save_invstd=mean.new_empty(0))
+            ctx.save_for_backward(x, gamma, mean, variance)
+            ctx.epsilon, ctx.repeats = epsilon, repeats
+            ctx.mark_non_differentiable(mean, variance)
+            return outputs, mean, variance
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad, _mean_grad, _variance_grad):
+            x, gamma, mean, variance = ctx.saved_tensors
+            epsilon, repeats = ctx.epsilon, ctx.repeats
+            batch, channels, height, width = x.shape
+            count = x.numel() // channels
+            if gamma is None:
+                gamma = torch.ones_like(mean)
+            wide = columns(x, repeats)
+            # One pass: grad * gamma * invstd, and per column the sums of grad * x_hat
+            # and of grad (x_hat = (x - mean) * invstd).
+            grad_x, column_dot, column_sum = aten.native_batch_norm_backward(
+                columns(grad, repeats), wide, tiled(gamma, repeats), tiled(mean, repeats),
+                tiled(variance, repeats), None, None, False, epsilon, [True, True, True])
+            dot = column_dot.view(repeats, channels).sum(0)
+            total = column_sum.view(repeats, channels).sum(0)
+            # The batch statistics' share, -gamma * invstd * (total + x_hat * dot) / count,
+            # is affine in x: the inference kernel with mean `mean` and variance 1.
+            invstd = torch.rsqrt(variance + epsilon)
+            slope = gamma * invstd * invstd * dot / -count
+            offset = gamma * invstd * total / -count
+            grad_x += aten.native_batch_norm(
+                wide, tiled(slope, repeats), tiled(offset, repeats), tiled(mean, repeats),
+                torch.ones(repeats * channels, dtype=mean.dtype, device=x.device), False, 0.0,
+                0.0)[0]
+            return (grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2),
+                    dot if ctx.needs_input_grad[1] else None,
+                    total if ctx.needs_input_grad[2] else None, None, None)
+
+    return ColumnBatchNorm
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")

@@ -400,8 +400,37 @@ for size in (8, 9):
 with torch.no_grad():
     layer(images)  # nothing to differentiate: the plain convolution
 print("strided_bf16", len(strided_used), computed[1].dtype, max(errors))
-keras.config.set_dtype_policy("float32")
 native._strided_depthwise_conv = original_strided
+# bf16 BatchNorm in training with channels that are not a multiple of 16 runs on
+# the column view (native._column_batch_norm): outputs, input, gamma and beta
+# gradients and the moving statistics against float64 on the same bf16 values,
+# for 24 channels over 4x8x8 pixels (16 pixels a row) and 40 over 4x6x6 (8 a
+# row); 48 channels take PyTorch's kernel.
+column_used = []
+original_column = native._column_batch_norm
+native._column_batch_norm = lambda: column_used.append(1) or original_column()
+errors = []
+for channels, size in ((24, 8), (40, 6), (48, 4)):
+    layer = native.BatchNormalization(momentum=0.5, epsilon=1e-3, gamma_initializer="random_uniform",
+                                      beta_initializer="random_normal")
+    images = torch.tensor(rng.normal(1.0, 2.0, size=(4, size, size, channels)),
+                          dtype=torch.bfloat16, requires_grad=True)
+    out = layer(images, training=True)
+    grad = torch.tensor(rng.normal(size=tuple(out.shape)), dtype=torch.bfloat16)
+    computed = [out, *torch.autograd.grad(out, [images, layer.gamma.value, layer.beta.value], grad),
+                layer.moving_mean.value, layer.moving_variance.value]
+    x64 = images.detach().double().requires_grad_()
+    gamma64 = layer.gamma.value.detach().double().requires_grad_()
+    beta64 = layer.beta.value.detach().double().requires_grad_()
+    mean64, variance64 = x64.mean((0, 1, 2)), x64.var((0, 1, 2), correction=0)
+    out64 = (x64 - mean64) / torch.sqrt(variance64 + 1e-3) * gamma64 + beta64
+    wanted = [out64, *torch.autograd.grad(out64, [x64, gamma64, beta64], grad.double()),
+              0.5 * mean64.detach(), 0.5 + 0.5 * variance64.detach()]
+    errors += [float((a.double() - b).abs().max() / b.abs().max())
+               for a, b in zip(computed, wanted)]
+print("column_bf16", len(column_used), computed[0].dtype, max(errors))
+native._column_batch_norm = original_column
+keras.config.set_dtype_policy("float32")
 """
 
 
@@ -450,6 +479,9 @@ def test_native_torch_layers_match_keras_on_the_torch_backend():
     used, dtype, gap = lines["strided_bf16"].split()
     assert (used, dtype) == ("2", "torch.bfloat16"), result.stdout  # training calls only
     assert float(gap) < 1e-2, result.stdout  # one bf16 rounding (2**-8) of each result
+    used, dtype, gap = lines["column_bf16"].split()
+    assert (used, dtype) == ("2", "torch.bfloat16"), result.stdout  # 24 and 40 channels
+    assert float(gap) < 1e-2, result.stdout
     arrays, trainable, statistics = map(int, lines["arrays"].split())
     assert (trainable, statistics) == (15, 4)
     assert arrays == 2 + trainable + statistics + 1  # all compared
