@@ -301,6 +301,7 @@ class Case:
         from training.engine import RunOptions, compile_model, precision_policy, training_batches
 
         self.recipe = recipe = EXPERIMENTS[experiment]
+        self.experiment = experiment
         self.precision, self.steps = precision, steps
         self.torch = torch
         images, labels = synthetic_split(BATCH * (steps + 2))  # 2 warm-up steps
@@ -467,27 +468,62 @@ VARIANT_COLUMNS = [("keras_train_xla", "Keras train XLA"), ("keras_train_no_xla"
                    ("torch_infer_channels_last", "PyTorch infer channels-last")]
 
 
-def measure(experiment, precision, steps, rounds, torch_compile=False):
+def measure(experiment, precisions, steps, rounds, torch_compile=False):
+    """One row per precision for `experiment`. Each round times every
+    precision's Keras and PyTorch runs in turn, so that a bf16 row's speed-up
+    over fp32 is paired by round, as each row's Keras/PyTorch ratio is (rows
+    timed minutes apart moved with the machine's load: ResNet-20's bf16/fp32
+    was 1.35x to 1.60x in four runs)."""
+    import torch
+
+    cases = {precision: Case(experiment, precision, steps) for precision in precisions}
+    runs = {precision: {} for precision in precisions}
+    for round_index in range(rounds):
+        # Alternate which precision, and which framework, goes first each round
+        # (the first run after another meets the heap and caches that run left).
+        order = precisions if round_index % 2 == 0 else precisions[::-1]
+        for precision in order:
+            time_round(cases[precision], runs[precision], round_index)
+    rows = {precision: summarize(cases[precision], runs[precision], rounds, torch_compile)
+            for precision in precisions}
+    if "fp32" in rows:
+        base = rows["fp32"]
+        for precision, row in rows.items():
+            if precision != "fp32":  # this precision's speed over fp32, round by round
+                for framework in ("keras", "torch"):
+                    row[f"{framework}_train_over_fp32_rounds"] = [
+                        mine / theirs for mine, theirs in zip(
+                            runs[precision][row["fastest"]["train"][framework]],
+                            runs["fp32"][base["fastest"]["train"][framework]])]
+    for row in rows.values():
+        del row["fastest"]  # variant keys, used above only
+    return list(rows.values())
+
+
+def time_round(case, runs, round_index):
+    """One round of `case`: training, then inference, each framework's variants in
+    turn; appends images/s to `runs` (per variant key)."""
     import keras
     import torch
 
-    case = Case(experiment, precision, steps)
     layouts = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-    jits = KERAS_VARIANTS[keras.backend.backend()]
-    runs = {key: [] for key in [f"keras_{kind}_{name}" for kind in ("train", "infer") for name in jits]
-            + [f"torch_{kind}_{name}" for kind in ("train", "infer") for name in layouts]}
+    variants = {"keras": KERAS_VARIANTS[keras.backend.backend()], "torch": layouts}
     timers = {("keras", "train"): case.keras_train, ("keras", "infer"): case.keras_infer,
               ("torch", "train"): case.torch_train, ("torch", "infer"): case.torch_infer}
-    variants = {"keras": jits, "torch": layouts}
-    # Alternate, so that machine noise hits both frameworks, and swap which goes
-    # first each round (the first run after the other framework's meets a heap
-    # and caches that run left).
-    for round_index in range(rounds):
-        order = ("keras", "torch") if round_index % 2 == 0 else ("torch", "keras")
-        for kind in ("train", "infer"):
-            for framework in order:
-                for name, setting in variants[framework].items():
-                    runs[f"{framework}_{kind}_{name}"].append(timers[framework, kind](setting))
+    order = ("keras", "torch") if round_index % 2 == 0 else ("torch", "keras")
+    for kind in ("train", "infer"):
+        for framework in order:
+            for name, setting in variants[framework].items():
+                runs.setdefault(f"{framework}_{kind}_{name}", []).append(
+                    timers[framework, kind](setting))
+
+
+def summarize(case, runs, rounds, torch_compile):
+    """A row: each variant's median, each framework's fastest, their ratios."""
+    import keras
+    import torch
+
+    runs = dict(runs)
     if torch_compile:  # reported beside the eager reference, not instead of it
         runs["torch_train_compiled"] = [case.torch_train(torch.channels_last, compiled=True)]
         runs["torch_infer_compiled"] = [case.torch_infer(torch.channels_last, compiled=True)]
@@ -503,8 +539,8 @@ def measure(experiment, precision, steps, rounds, torch_compile=False):
     # range is the run-to-run spread, and the ratio of the medians lies within it.
     round_ratios = {kind: [runs[fastest[kind]["keras"]][index] / runs[fastest[kind]["torch"]][index]
                            for index in range(rounds)] for kind in ("train", "infer")}
-    return {"network": case.recipe.model, "experiment": experiment, "precision": precision,
-            "backend": keras.backend.backend(), "trainable_params": case.params, "batch": BATCH, **speed,
+    return {"network": case.recipe.model, "experiment": case.experiment, "precision": case.precision, "backend": keras.backend.backend(),
+            "trainable_params": case.params, "batch": BATCH, **speed, "fastest": fastest,
             "keras_train_ips": best["train"]["keras"], "torch_train_ips": best["train"]["torch"],
             "train_ratio": best["train"]["keras"] / best["train"]["torch"],
             "keras_infer_ips": best["infer"]["keras"], "torch_infer_ips": best["infer"]["torch"],
@@ -574,12 +610,25 @@ def best_rows(rows):
 
 
 def bf16_speedup(rows):
-    """{network: (Keras bf16 / fp32 training speed, PyTorch's)} where both were measured."""
+    """{network: [Keras bf16 / fp32 training speed, PyTorch's, Keras's rounds]} where
+    both were measured: the median of the rounds' own ratios where the two
+    precisions were timed round by round (measure), else the ratio of the rows."""
     by_key = {(row["experiment"], row["precision"]): row for row in best_rows(rows)}
     names = dict.fromkeys(row["experiment"] for row in rows)
-    return {name: (by_key[name, "bf16"]["keras_train_ips"] / by_key[name, "fp32"]["keras_train_ips"],
-                   by_key[name, "bf16"]["torch_train_ips"] / by_key[name, "fp32"]["torch_train_ips"])
-            for name in names if (name, "bf16") in by_key and (name, "fp32") in by_key}
+    speedups = {}
+    for name in names:
+        if (name, "bf16") not in by_key or (name, "fp32") not in by_key:
+            continue
+        half, full = by_key[name, "bf16"], by_key[name, "fp32"]
+        paired = (half.get("keras_train_over_fp32_rounds")
+                  if half["backend"] == full["backend"] else None)
+        if paired:
+            speedups[name] = [statistics.median(paired),
+                              statistics.median(half["torch_train_over_fp32_rounds"]), paired]
+        else:
+            speedups[name] = [half["keras_train_ips"] / full["keras_train_ips"],
+                              half["torch_train_ips"] / full["torch_train_ips"], []]
+    return speedups
 
 
 def merge(paths):
@@ -660,9 +709,16 @@ def table(result):
                   f"{row['torch_compiled_infer_ips']:.0f} | {row['infer_ratio_to_compiled']:.2f} |"
                   for row in compiled]
     if result.get("bf16_speedup"):
-        lines += ["", "bf16 training speed over fp32: "
-                  + ", ".join(f"{name} Keras {k:.2f}x / PyTorch {t:.2f}x"
-                              for name, (k, t) in result["bf16_speedup"].items()) + "."]
+        def spread(rounds):
+            return f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
+
+        paired = any(len(entry) > 2 and entry[2] for entry in result["bf16_speedup"].values())
+        lines += ["", "bf16 training speed over fp32"
+                  + (" (median of each round's own ratio, both precisions timed in every round; "
+                     "Keras's range of rounds after it)" if paired else "") + ": "
+                  + ", ".join(f"{name} Keras {entry[0]:.2f}x{spread(entry[2] if len(entry) > 2 else [])}"
+                              f" / PyTorch {entry[1]:.2f}x"
+                              for name, entry in result["bf16_speedup"].items()) + "."]
     lines += ["", "Ratios are Keras / PyTorch (above 1: Keras is faster; for memory, above 1: "
               "Keras uses more); a ratio's median is followed, where there were several rounds, "
               "by the range of the rounds' own ratios (each round times both frameworks). "
@@ -680,9 +736,10 @@ def backend_rows(args):
     torch.set_num_threads(os.cpu_count())  # as TensorFlow's and XLA's default pools
     malloc = tune_allocator(args)
     rows = []
-    for precision in args.precision:
-        for experiment in args.models:
-            row = measure(experiment, precision, args.steps, args.rounds, args.torch_compile)
+    for experiment in args.models:
+        for row in measure(experiment, args.precision, args.steps, args.rounds,
+                           args.torch_compile):
+            precision = row["precision"]
             if not args.no_memory:
                 row["keras_peak_mb"] = memory("keras", experiment, precision, 3, args.default_malloc)
                 row["torch_peak_mb"] = memory("torch", experiment, precision, 3, args.default_malloc)
@@ -691,6 +748,8 @@ def backend_rows(args):
                   f"{row['keras_train_ips']:.0f} vs {row['torch_train_ips']:.0f} img/s "
                   f"({row['train_ratio']:.2f}), infer {row['keras_infer_ips']:.0f} vs "
                   f"{row['torch_infer_ips']:.0f} ({row['infer_ratio']:.2f})", flush=True)
+    # The table lists one precision's rows, then the next's.
+    rows.sort(key=lambda row: args.precision.index(row["precision"]))
     backend = keras.backend.backend()
     return {"rows": rows, "threads": torch.get_num_threads(), "malloc_keeps_freed_memory": malloc,
             "versions": {"keras": keras.__version__, "torch": torch.__version__,

@@ -68,11 +68,19 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--backends", "torch",
          "--models", "cnn_baseline", "--steps", "1", "--rounds", "2", "--no-memory",
-         "--json", str(output)],
+         "--precision", "fp32", "bf16", "--json", str(output)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads(output.read_text())
-    (row,) = saved["rows"]
+    row, half = saved["rows"]
+    assert (row["precision"], half["precision"]) == ("fp32", "bf16")
+    # Both precisions are timed in every round: bf16's speed-up is the median of
+    # the rounds' own ratios, and lies within their range.
+    keras_speedup, torch_speedup, paired = saved["bf16_speedup"]["cnn_baseline"]
+    assert paired == half["keras_train_over_fp32_rounds"] and len(paired) == 2
+    assert keras_speedup == pytest.approx(sum(paired) / 2)
+    assert torch_speedup == pytest.approx(sum(half["torch_train_over_fp32_rounds"]) / 2)
+    assert min(paired) <= keras_speedup <= max(paired)
     assert row["backend"] == "torch" and row["experiment"] == "cnn_baseline"
     for key in ("keras_train_ips", "torch_train_ips", "keras_infer_ips", "torch_infer_ips"):
         assert row[key] > 0
@@ -90,6 +98,8 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert saved["malloc_keeps_freed_memory"] == {"torch": glibc}
     table = (tmp_path / "throughput.md").read_text()
     assert "| cnn_baseline (" in table and "| torch |" in table and "## What was tried" in table
+    assert (f"cnn_baseline Keras {keras_speedup:.2f}x ({min(paired):.2f}-{max(paired):.2f}) / "
+            f"PyTorch {torch_speedup:.2f}x") in table
     rounds = row["train_ratio_rounds"]
     assert f"**{row['train_ratio']:.2f}** ({min(rounds):.2f}-{max(rounds):.2f})" in table
     assert f"keeps freed memory for reuse (training/allocator.py, as run.py sets it; both " \
@@ -103,6 +113,7 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     joined = json.loads(merged.read_text())
     assert joined["rows"] == saved["rows"] * 2 and len(joined["merged_from"]) == 2
+    assert joined["bf16_speedup"] == saved["bf16_speedup"]
     assert "Joined from 2 runs of this setting" in (tmp_path / "merged.md").read_text()
     # Merging into a merged report adds runs to its list instead of nesting it as one.
     again = tmp_path / "again.json"
