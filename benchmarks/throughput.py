@@ -502,8 +502,6 @@ def measure(experiment, precisions, steps, rounds, torch_compile=False):
     over fp32 is paired by round, as each row's Keras/PyTorch ratio is (rows
     timed minutes apart moved with the machine's load: ResNet-20's bf16/fp32
     was 1.35x to 1.60x in four runs)."""
-    import torch
-
     cases = {precision: Case(experiment, precision, steps) for precision in precisions}
     runs = {precision: {} for precision in precisions}
     for round_index in range(rounds):
@@ -512,19 +510,18 @@ def measure(experiment, precisions, steps, rounds, torch_compile=False):
         order = precisions if round_index % 2 == 0 else precisions[::-1]
         for precision in order:
             time_round(cases[precision], runs[precision], round_index)
-    rows = {precision: summarize(cases[precision], runs[precision], rounds, torch_compile)
-            for precision in precisions}
+    rows, fastest = {}, {}
+    for precision in precisions:
+        rows[precision], fastest[precision] = summarize(cases[precision], runs[precision],
+                                                        rounds, torch_compile)
     if "fp32" in rows:
-        base = rows["fp32"]
         for precision, row in rows.items():
             if precision != "fp32":  # this precision's speed over fp32, round by round
                 for framework in ("keras", "torch"):
                     row[f"{framework}_train_over_fp32_rounds"] = [
                         mine / theirs for mine, theirs in zip(
-                            runs[precision][row["fastest"]["train"][framework]],
-                            runs["fp32"][base["fastest"]["train"][framework]])]
-    for row in rows.values():
-        del row["fastest"]  # variant keys, used above only
+                            runs[precision][fastest[precision][framework]],
+                            runs["fp32"][fastest["fp32"][framework]])]
     return list(rows.values())
 
 
@@ -547,7 +544,8 @@ def time_round(case, runs, round_index):
 
 
 def summarize(case, runs, rounds, torch_compile):
-    """A row: each variant's median, each framework's fastest, their ratios."""
+    """(A row: each variant's median, each framework's fastest, their ratios;
+    {framework: its fastest training variant's key in `runs`})."""
     import keras
     import torch
 
@@ -567,16 +565,18 @@ def summarize(case, runs, rounds, torch_compile):
     # range is the run-to-run spread, and the ratio of the medians lies within it.
     round_ratios = {kind: [runs[fastest[kind]["keras"]][index] / runs[fastest[kind]["torch"]][index]
                            for index in range(rounds)] for kind in ("train", "infer")}
-    return {"network": case.recipe.model, "experiment": case.experiment, "precision": case.precision, "backend": keras.backend.backend(),
-            "trainable_params": case.params, "batch": BATCH, **speed, "fastest": fastest,
-            "keras_train_ips": best["train"]["keras"], "torch_train_ips": best["train"]["torch"],
-            "train_ratio": best["train"]["keras"] / best["train"]["torch"],
-            "keras_infer_ips": best["infer"]["keras"], "torch_infer_ips": best["infer"]["torch"],
-            "infer_ratio": best["infer"]["keras"] / best["infer"]["torch"],
-            "train_ratio_rounds": round_ratios["train"], "infer_ratio_rounds": round_ratios["infer"],
-            **{f"torch_compiled_{kind}_ips": compiled[kind] for kind in compiled},
-            **{f"{kind}_ratio_to_compiled": best[kind]["keras"] / compiled[kind] if compiled[kind]
-               else None for kind in compiled}}
+    row = {"network": case.recipe.model, "experiment": case.experiment,
+           "precision": case.precision, "backend": keras.backend.backend(),
+           "trainable_params": case.params, "batch": BATCH, **speed,
+           "keras_train_ips": best["train"]["keras"], "torch_train_ips": best["train"]["torch"],
+           "train_ratio": best["train"]["keras"] / best["train"]["torch"],
+           "keras_infer_ips": best["infer"]["keras"], "torch_infer_ips": best["infer"]["torch"],
+           "infer_ratio": best["infer"]["keras"] / best["infer"]["torch"],
+           "train_ratio_rounds": round_ratios["train"], "infer_ratio_rounds": round_ratios["infer"],
+           **{f"torch_compiled_{kind}_ips": compiled[kind] for kind in compiled},
+           **{f"{kind}_ratio_to_compiled": best[kind]["keras"] / compiled[kind] if compiled[kind]
+              else None for kind in compiled}}
+    return row, fastest["train"]
 
 
 def tune_allocator(args):
@@ -737,16 +737,20 @@ def table(result):
                   f"{row['torch_compiled_infer_ips']:.0f} | {row['infer_ratio_to_compiled']:.2f} |"
                   for row in compiled]
     if result.get("bf16_speedup"):
+        # [Keras, PyTorch, Keras's paired rounds]; reports from before the pairing
+        # hold [Keras, PyTorch].
+        speedups = {name: (entry + [[]])[:3] for name, entry in result["bf16_speedup"].items()}
+
         def spread(rounds):
             return f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
 
-        paired = any(len(entry) > 2 and entry[2] for entry in result["bf16_speedup"].values())
+        paired = any(rounds for _, _, rounds in speedups.values())
         lines += ["", "bf16 training speed over fp32"
                   + (" (median of each round's own ratio, both precisions timed in every round; "
                      "Keras's range of rounds after it)" if paired else "") + ": "
-                  + ", ".join(f"{name} Keras {entry[0]:.2f}x{spread(entry[2] if len(entry) > 2 else [])}"
-                              f" / PyTorch {entry[1]:.2f}x"
-                              for name, entry in result["bf16_speedup"].items()) + "."]
+                  + ", ".join(f"{name} Keras {keras_speedup:.2f}x{spread(rounds)} / PyTorch "
+                              f"{torch_speedup:.2f}x" for name, (keras_speedup, torch_speedup, rounds)
+                              in speedups.items()) + "."]
     lines += ["", "Ratios are Keras / PyTorch (above 1: Keras is faster; for memory, above 1: "
               "Keras uses more); a ratio's median is followed, where there were several rounds, "
               "by the range of the rounds' own ratios (each round times both frameworks). "
