@@ -354,11 +354,11 @@ def _column_batch_norm():
             count = x.numel() // channels
             if gamma is None:
                 gamma = torch.ones_like(mean)
-            wide = columns(x, repeats)
+            wide, wide_mean = columns(x, repeats), tiled(mean, repeats)
             # One pass: grad * gamma * invstd, and per column the sums of grad * x_hat
             # and of grad (x_hat = (x - mean) * invstd).
             grad_x, column_dot, column_sum = aten.native_batch_norm_backward(
-                columns(grad, repeats), wide, tiled(gamma, repeats), tiled(mean, repeats),
+                columns(grad, repeats), wide, tiled(gamma, repeats), wide_mean,
                 tiled(variance, repeats), None, None, False, epsilon, [True, True, True])
             dot = column_dot.view(repeats, channels).sum(0)
             total = column_sum.view(repeats, channels).sum(0)
@@ -368,7 +368,7 @@ def _column_batch_norm():
             slope = gamma * invstd * invstd * dot / -count
             offset = gamma * invstd * total / -count
             grad_x += aten.native_batch_norm(
-                wide, tiled(slope, repeats), tiled(offset, repeats), tiled(mean, repeats),
+                wide, tiled(slope, repeats), tiled(offset, repeats), wide_mean,
                 torch.ones(repeats * channels, dtype=mean.dtype, device=x.device), False, 0.0,
                 0.0)[0]
             return (grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2),

@@ -376,6 +376,8 @@ print("folded_mixed", len(model._torch_plan(False, "bfloat16")), out.dtype,
 strided_used = []
 original_strided = native._strided_depthwise_conv
 native._strided_depthwise_conv = lambda: strided_used.append(1) or original_strided()
+def relative_errors(computed, wanted):  # each bf16 result against its float64 twin
+    return [float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(computed, wanted)]
 errors = []
 for size in (8, 9):
     layer = native.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
@@ -395,8 +397,7 @@ for size in (8, 9):
                                        bias64, stride=2, groups=5).permute(0, 2, 3, 1)
     wanted = [out64, *torch.autograd.grad(out64, [x64, kernel64, bias64], grad.double())]
     wanted[1] = wanted[1][:, :, top:top + size, top:top + size].permute(0, 2, 3, 1)
-    errors += [float((a.double() - b).abs().max() / b.abs().max())
-               for a, b in zip(computed, wanted)]
+    errors += relative_errors(computed, wanted)
 with torch.no_grad():
     layer(images)  # nothing to differentiate: the plain convolution
 print("strided_bf16", len(strided_used), computed[1].dtype, max(errors))
@@ -426,8 +427,7 @@ for channels, size in ((24, 8), (40, 6), (48, 4)):
     out64 = (x64 - mean64) / torch.sqrt(variance64 + 1e-3) * gamma64 + beta64
     wanted = [out64, *torch.autograd.grad(out64, [x64, gamma64, beta64], grad.double()),
               0.5 * mean64.detach(), 0.5 + 0.5 * variance64.detach()]
-    errors += [float((a.double() - b).abs().max() / b.abs().max())
-               for a, b in zip(computed, wanted)]
+    errors += relative_errors(computed, wanted)
 print("column_bf16", len(column_used), computed[0].dtype, max(errors))
 native._column_batch_norm = original_column
 keras.config.set_dtype_policy("float32")
