@@ -110,6 +110,18 @@ def test_torch_backend_updates_all_variables_at_once(name, kwargs, monkeypatch):
         np.testing.assert_allclose(together[index], alone, rtol=1e-6)
 
 
+def test_torch_adam_places_epsilon_as_keras_does():
+    """With gradients near epsilon, where its placement decides the step: without
+    decay, TorchAdam is Keras's Adam with PyTorch's epsilon (on the PyTorch
+    backend's CPU path too, whose kernel adds epsilon after the bias correction)."""
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(size=(3, 4))
+    grads = [[rng.normal(size=(3, 4)) * scale] for scale in (1e-8, 1e-7, 1.0, 1e-8, 1e-9)]
+    (ours,) = apply(build_optimizer("adam", learning_rate=1e-3), [w0], grads)
+    (keras_adam,) = apply(keras.optimizers.Adam(1e-3, epsilon=1e-8), [w0], grads)
+    np.testing.assert_allclose(ours - w0, keras_adam - w0, rtol=1e-3, atol=3e-7)
+
+
 def test_optimizers_on_the_torch_backend():
     """This file's tests again under KERAS_BACKEND=torch, where the updates take
     the multi-tensor path above (the suite itself runs on TensorFlow)."""
@@ -124,5 +136,5 @@ def test_optimizers_on_the_torch_backend():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
         env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
-    # Every test but this one ran there, the three multi-tensor ones included.
+    # Every test but this one ran there, the multi-tensor and fused ones included.
     assert "1 skipped" in result.stdout and " failed" not in result.stdout, result.stdout[-2000:]
