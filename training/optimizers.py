@@ -106,8 +106,9 @@ class TorchSGD(keras.optimizers.Optimizer):
                 # pass over each variable, its gradient and its buffer (reading
                 # the momentum variable is free on a CPU). Measured there (2-core
                 # AVX-512 CPU): resnet5m_row6's update 6.3 -> 1.8 ms, ResNet-20's
-                # 1.0 -> 0.4 ms (torch.optim's own loop: 3.1 and 0.5 ms). Without momentum the kernel keeps no buffer,
-                # which the path below does keep (one-cycle may raise it later).
+                # 1.0 -> 0.4 ms (torch.optim's own loop: 3.1 and 0.5 ms). Without
+                # momentum the kernel keeps no buffer, which the path below does
+                # keep (one-cycle may raise the momentum later).
                 torch._fused_sgd_(
                     values, _torch_gradients(grads, values), buffers,
                     weight_decay=self.coupled_weight_decay, momentum=momentum,
@@ -163,13 +164,13 @@ class TorchAdam(_CoupledDecay, _multi_tensor(keras.optimizers.Adam)):
             return super()._parallel_update_step(grads, variables, learning_rate)
         # PyTorch backend on a CPU: torch.optim.Adam(fused=True)'s kernel, one
         # pass over each variable and its moments where Keras's multi-tensor
-        # update makes about ten (modified_resnet's update 8.8 -> 1.8 ms on a
+        # update makes about ten (modified_resnet's update 8.8 -> 1.5 ms on a
         # 2-core AVX-512 CPU; torch.optim's own loop 4.6). Its epsilon is added
         # after the bias correction, Keras's before; epsilon / sqrt(1 - beta_2**t)
         # makes it the same update. The kernel reads the step count t from a tensor.
         import torch
 
-        step = float(ops.convert_to_numpy(self.iterations)) + 1
+        step = float(self.iterations.value) + 1
         index = self._get_variable_index
         torch._fused_adam_(
             values, _torch_gradients(grads, values),
