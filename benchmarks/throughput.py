@@ -711,10 +711,14 @@ def merge(paths):
     return result
 
 
-def round_range(row, kind):
-    """' (low-high)' of a row's per-round ratios, where it had several rounds; else ''."""
-    values = row.get(f"{kind}_ratio_rounds") or []
+def spread(values):
+    """' (low-high)' of per-round values, where there were several rounds; else ''."""
     return f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+
+
+def round_range(row, kind):
+    """spread() of a row's per-round Keras/PyTorch ratios."""
+    return spread(row.get(f"{kind}_ratio_rounds") or [])
 
 
 def table(result):
@@ -775,10 +779,6 @@ def table(result):
         # [Keras, PyTorch, Keras's paired rounds]; reports from before the pairing
         # hold [Keras, PyTorch].
         speedups = {name: (entry + [[]])[:3] for name, entry in result["bf16_speedup"].items()}
-
-        def spread(rounds):
-            return f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
-
         paired = any(rounds for _, _, rounds in speedups.values())
         lines += ["", "bf16 training speed over fp32"
                   + (" (median of each round's own ratio, both precisions timed in every round; "

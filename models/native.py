@@ -369,8 +369,7 @@ def _column_batch_norm():
             offset = gamma * invstd * total / -count
             grad_x += aten.native_batch_norm(
                 wide, tiled(slope, repeats), tiled(offset, repeats), wide_mean,
-                torch.ones(repeats * channels, dtype=mean.dtype, device=x.device), False, 0.0,
-                0.0)[0]
+                torch.ones_like(wide_mean), False, 0.0, 0.0)[0]
             return (grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2),
                     dot if ctx.needs_input_grad[1] else None,
                     total if ctx.needs_input_grad[2] else None, None, None)

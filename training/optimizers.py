@@ -100,6 +100,7 @@ class TorchSGD(keras.optimizers.Optimizer):
             values = [variable.value for variable in trainable_variables]
             buffers = [self.buffers[self._get_variable_index(variable)].value
                        for variable in trainable_variables]
+            rate = ops.convert_to_tensor(learning_rate).to(values[0].dtype)
             momentum = float(self.momentum.value) if values[0].device.type == "cpu" else 0.0
             if momentum:
                 # torch.optim.SGD(fused=True)'s kernel: the same update in one
@@ -111,8 +112,7 @@ class TorchSGD(keras.optimizers.Optimizer):
                 # keep (one-cycle may raise the momentum later).
                 torch._fused_sgd_(
                     values, _torch_gradients(grads, values), buffers,
-                    weight_decay=self.coupled_weight_decay, momentum=momentum,
-                    lr=ops.convert_to_tensor(learning_rate).to(values[0].dtype),
+                    weight_decay=self.coupled_weight_decay, momentum=momentum, lr=rate,
                     dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
                 return
             grads = _foreach_with_decay(list(grads), values, self.coupled_weight_decay)
@@ -121,7 +121,6 @@ class TorchSGD(keras.optimizers.Optimizer):
             torch._foreach_add_(buffers, grads)
             steps = (torch._foreach_add(grads, torch._foreach_mul(buffers, momentum))
                      if self.nesterov else buffers)
-            rate = ops.convert_to_tensor(learning_rate).to(values[0].dtype)
             torch._foreach_add_(values, torch._foreach_mul(steps, -rate))
 
     def get_config(self):
