@@ -319,6 +319,36 @@ NOTES = [
     "the machine's: a separate benchmark run of MobileNetV2 alone the same day gave bf16 "
     "1.72x fp32 (rounds 1.46-1.80), the report before this one 1.36x (1.31-2.19), this "
     "report 1.68x (1.54-1.78).",
+    "Where ResNet-20's bf16 speed-up stops (per operator, batch 128, channels-last, each "
+    "timed alone, medians of 5 alternating repetitions; bf16 over fp32): convolution "
+    "forward 1.8-2.0x and input gradient 1.8-2.2x, but kernel gradient only 1.3-1.5x "
+    "(16 channels at 32x32: 1.05 against 1.48 ms) and BatchNorm forward and backward "
+    "0.95-1.14x. Weighted by its fp32 step's operators (convolution backward 64 ms, forward "
+    "31, BatchNorm 17, the rest 18), those bound the step at about 1.6x with nothing around "
+    "the kernels; the benchmark measures 1.4-1.5x. Tried, none faster: the kernel gradient as nine shifted GEMMs over the padded "
+    "activation (4.7 ms for 16 channels in bf16), or on NCHW tensors (1.85 against 1.56 ms); "
+    "the input gradient as a forward convolution with the flipped kernel (0.99-1.07x of "
+    "convolution_backward's); BatchNorm statistics as a GEMM with a ones vector (0.12 "
+    "against 0.47 ms, but PyTorch 2.13's CPU matmul cannot return float32 from bf16, and "
+    "bf16 sums are too coarse for the statistics). Keras's fixed cost, measured where the "
+    "kernels take little (batch 8, bf16): 15.8 ms a step against 12.4 for eager PyTorch, "
+    "and a train_step that caches the trainable variables and clears their gradients "
+    "directly (instead of walking the layers three times a step and zero_grad) saved 0.3 "
+    "ms of it (1.013x, 12 paired rounds): 0.3% of a batch-128 step, so it was not kept.",
+    "How close fp32 convolutions are to this CPU's limit (oneDNN's brg_conv avx512_core, "
+    "which both sides run; batch 128, channels-last, glibc's thresholds raised as in the "
+    "benchmark, 3 runs): 3x3 convolutions forward 439-447 GFLOP/s at 64 channels over "
+    "32x32, 493-500 at 128 over 16x16, 521-527 at 256 over 8x8; backward 405-412, 453-461 "
+    "and 481-482. The fastest would be 64 float32 flops a cycle per core at about 4.1 GHz "
+    "(two 512-bit FMA units busy every cycle), about all these cores do, and the layers of "
+    "modified_resnet, resnet5m_row6 and se_resnet_mixup run at 77-100% of it, with the "
+    "same kernels on both sides; what else differs is in the 9-12% of the step outside the "
+    "convolutions, of the size of the rounds' spread. Without the raised thresholds the "
+    "64-channel layer ran at 305-309 GFLOP/s forward: a fresh 34 MB output is page-faulted "
+    "in on every call. Splitting its batch into 4 convolutions of 32 images gave no gain "
+    "then (the concatenation costs what the split saves) and none with the thresholds "
+    "raised. (torch.mm on 4096x4096 float32 reached 184-196 GFLOP/s here, so a large "
+    "matmul is no yardstick on this machine.)",
 ]
 
 
