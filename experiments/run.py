@@ -169,8 +169,10 @@ def main(argv=None):
         except KeyboardInterrupt:
             return fail("interrupted; rerun the same command to resume.", 130)
         best = metrics.get("best_val_accuracy")
+        # Counted from 1, as Keras's progress lines and the plots count epochs
+        # (history.csv and metrics.json keep Keras's 0-based index).
         print(f"{recipe.name}: best validation accuracy "
-              f"{best:.4f} at epoch {metrics.get('best_epoch')}" if best is not None else
+              f"{best:.4f} at epoch {metrics['best_epoch'] + 1}" if best is not None else
               f"{recipe.name}: finished")
     return 0
 

@@ -90,9 +90,9 @@ def test_nan_loss_marks_the_run_failed_with_the_epoch(shared_cifar10, tmp_path):
     result = run("cnn_baseline", "--quick", "--set", "optimizer.learning_rate=1e300",
                  "--data-dir", shared_cifar10, "--output-dir", str(tmp_path))
     assert result.returncode == 1
-    assert "NaN in epoch 0" in result.stderr and "Lower the learning rate" in result.stderr
+    assert "NaN in epoch 1" in result.stderr and "Lower the learning rate" in result.stderr
     state = status(os.path.join(str(tmp_path), "cnn_baseline", "seed0-quick"))
-    assert state["status"] == "failed" and "NaN in epoch 0" in state["reason"]
+    assert state["status"] == "failed" and "NaN in epoch 1" in state["reason"]
 
 
 def test_full_disk_while_saving_fails_clearly(shared_cifar10, tmp_path):
@@ -106,10 +106,34 @@ def test_full_disk_while_saving_fails_clearly(shared_cifar10, tmp_path):
                  "--output-dir", str(tmp_path), preexec_fn=limit_file_size)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "could not write" in result.stderr and "rerun the same command" in result.stderr
+    assert "in epoch 1." in result.stderr  # the first epoch's checkpoint, counted from 1
     assert "Traceback" not in result.stderr
     run_dir = os.path.join(str(tmp_path), "cnn_baseline", "seed0-quick")
     assert status(run_dir)["status"] == "failed"
     assert not [name for name in os.listdir(run_dir) if "partial" in name]
+
+
+def test_a_failed_save_names_the_epoch_in_progress(shared_cifar10, tmp_path, monkeypatch):
+    """The backup is written after history.csv's row, so the epoch in progress is
+    not the one after the last logged: a full disk while backing up epoch 2 says 2."""
+    from callbacks import AtomicBackupAndRestore
+    from experiments.recipes import EXPERIMENTS
+    from training.engine import RunError, RunOptions, train
+
+    original = AtomicBackupAndRestore.on_epoch_end
+
+    def full_disk_in_the_second_epoch(self, epoch, logs=None):
+        if epoch == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", "backup")
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(AtomicBackupAndRestore, "on_epoch_end", full_disk_in_the_second_epoch)
+    options = RunOptions(output_dir=str(tmp_path), data_dir=shared_cifar10, quick=True, verbose=0)
+    with pytest.raises(RunError, match=r"in epoch 2\. The files written before are intact"):
+        train(EXPERIMENTS["cnn_baseline"], options)
+    run_dir = os.path.join(str(tmp_path), "cnn_baseline", "seed0-quick")
+    assert len(rows(run_dir)) == 2  # epoch 2's row was logged before its backup failed
+    assert "in epoch 2" in status(run_dir)["reason"]
 
 
 def test_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

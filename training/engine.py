@@ -229,12 +229,6 @@ def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
     return base_lr
 
 
-def _last_epoch(history_path):
-    """The last epoch in history.csv, -1 if none."""
-    rows = record.read_history(history_path)
-    return rows[-1]["epoch"] if rows else -1
-
-
 def _check_existing(run_dir, config):
     """Refuses to mix a changed recipe into an existing run; says how to start fresh."""
     path = os.path.join(run_dir, "config.json")
@@ -441,8 +435,11 @@ def train(recipe, options):
                                 reason="stopped by Ctrl-C; rerun the same command to resume")
             raise
         except OSError as error:  # a full disk or a vanished folder while saving
+            # The epoch in progress (EpochSync sets it as each begins; `done` before
+            # the first), counted from 1 as Keras's progress lines count them.
+            epoch = max(train_batches.epoch, done) + 1
             reason = (f"could not write {error.filename or 'a file'} "
-                      f"({error.strerror or error}) in epoch {_last_epoch(history_path) + 1}")
+                      f"({error.strerror or error}) in epoch {epoch}")
             record.write_status(run_dir, "failed", reason=reason)
             raise RunError(f"{recipe.name}: {reason}. The files written before are intact; "
                            f"free space and rerun the same command to resume.") from None
@@ -456,7 +453,7 @@ def train(recipe, options):
     history = record.read_history(history_path)
     nan_epochs = [row["epoch"] for row in history if not np.isfinite(row.get("loss", 0.0))]
     if nan_epochs:
-        reason = f"loss became NaN in epoch {nan_epochs[0]} (TerminateOnNaN stopped the run)"
+        reason = f"loss became NaN in epoch {nan_epochs[0] + 1} (TerminateOnNaN stopped the run)"
         record.write_status(run_dir, "failed", reason=reason)
         raise RunError(f"{recipe.name}: {reason}. Lower the learning rate or check the data.")
 
