@@ -425,7 +425,8 @@ def main(argv=None):
                         "-parameter budget, so nothing was trained; narrow the search space "
                         "(fewer blocks or smaller widths).", RUN_ERROR)
         return fail("no trial completed; see the trial folders for the reasons.", RUN_ERROR)
-    print(f"{args.search}: {len(trials)} trials; best {best['score']:.4f} (trial {best['trial_id']}, "
+    # Named as its folders are (trial_<id>, KerasTuner's ids count from 0).
+    print(f"{args.search}: {len(trials)} trials; best {best['score']:.4f} (trial_{best['trial_id']}, "
           f"{best['trainable_params']:,} parameters). Train it in full with:\n  "
           + open(os.path.join(search_dir(args), "best_command.txt")).read().strip())
     return 0

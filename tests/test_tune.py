@@ -3,6 +3,7 @@ synthetic CIFAR files. The optimizer search (ResNet-20) keeps trials short."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,10 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
                               "--set 'optimizer.name=")
     recipe = apply_override(EXPERIMENTS["resnet20"], 'model="kth_vgg1"')
     best_trial = max(trials, key=lambda t: t["score"])
+    # The closing line names a best-scoring trial as its folders are named.
+    named = re.search(r"best [0-9.]+ \(trial_(\w+), ", result.stdout).group(1)
+    assert next(t["score"] for t in trials if t["trial_id"] == named) == best_trial["score"]
+    assert os.path.isdir(os.path.join(folder, f"trial_{named}"))
     for edit in best_trial["edits"]:
         recipe = apply_override(recipe, edit)
     assert recipe.optimizer["name"] == best_trial["hyperparameters"]["optimizer"]
