@@ -247,6 +247,27 @@ def test_quick_runs_with_the_papers_augmentation(shared_cifar10, tmp_path, name,
         assert changed.returncode != 0 and "different precision" in changed.stderr
 
 
+def test_16_bit_precision_on_a_cpu_without_its_instructions_is_warned_of():
+    import platform
+
+    from training.engine import cpu_flags, precision_warning
+
+    avx2 = {"sse2", "avx", "avx2", "fma"}
+    warning = precision_warning("bf16", "CPU (2 cores, x86_64)", avx2)
+    assert "--precision bf16" in warning and "avx512_bf16, amx_bf16 or avx_ne_convert" in warning
+    assert "--precision fp32" in warning
+    assert "avx512_fp16, amx_fp16 or avx_ne_convert" in precision_warning("fp16", "1 x cpu (cpu)", avx2)
+    # Not where the CPU has the instructions, nor on a GPU, nor in fp32, nor where
+    # the flags are unknown.
+    assert precision_warning("bf16", "CPU (2 cores, x86_64)", avx2 | {"avx512_bf16"}) is None
+    assert precision_warning("fp16", "CPU (2 cores, x86_64)", avx2 | {"amx_fp16"}) is None
+    assert precision_warning("bf16", "1 x NVIDIA H100 80GB HBM3", avx2) is None
+    assert precision_warning("fp32", "CPU (2 cores, x86_64)", avx2) is None
+    assert precision_warning("bf16", "CPU (2 cores, arm64)", None) is None
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert "sse2" in cpu_flags()
+
+
 def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):
     from conftest import write_cifar10, write_cifar100
 
