@@ -364,9 +364,11 @@ def cpu_description():
             info = stream.read()
     except OSError:
         return platform.processor() or platform.machine()
+    from training.engine import cpu_flags
+
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     model = fields.get("model name\t", "").strip() or platform.machine()
-    flags = set(fields.get("flags\t\t", "").split())
+    flags = cpu_flags() or set()
     wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
     return f"{model} ({', '.join(flag for flag in wanted if flag in flags) or 'no AVX2'})"
 

@@ -362,14 +362,14 @@ def train(recipe, options):
         **placement.describe(),
         "platform": platform.platform(),
     }
-    warning = precision_warning(options.precision, config["device"], cpu_flags())
-    if warning:
-        print(warning, file=sys.stderr)
     status = _check_existing(run_dir, config)
     if status and status.get("status") == "completed":
         print(f"{recipe.name}: already completed in {run_dir}; nothing to do "
               f"(pass --run-id NAME for another run).")
         return record.read_json(os.path.join(run_dir, "metrics.json"))
+    warning = precision_warning(options.precision, config["device"], cpu_flags())
+    if warning:  # only where something will train
+        print(warning, file=sys.stderr)
 
     try:
         os.makedirs(run_dir, exist_ok=True)
