@@ -1,7 +1,7 @@
 """Training and inference images/s of each paper's network: Keras against PyTorch.
 
     python benchmarks/throughput.py [--models EXPERIMENT ...] [--precision fp32 bf16]
-        [--steps 8] [--rounds 1] [--no-memory] [--json OUT]
+        [--steps 8] [--rounds 1] [--batch-size 128] [--no-memory] [--json OUT]
 
 Keras runs the suite's real training step: the experiment's network, optimizer
 (PyTorch-style coupled weight decay where the recipe has it), loss and input
@@ -36,7 +36,7 @@ if ROOT not in sys.path:
 
 DEFAULT_MODELS = ["modified_resnet", "resnet_deep", "mobilenetv2", "se_resnet_mixup",
                   "resnet5m_row6", "resnet20"]
-BATCH = 128
+BATCH = 128  # images per step unless --batch-size says otherwise
 
 # What was tried to make the Keras step faster, and what each gave (resnet20
 # training, batch 128, fp32, 2 cores, images/s; the tables below are the
@@ -384,7 +384,7 @@ def synthetic_split(images, seed=0):
 class Case:
     """One experiment: its Keras model and pipeline, and the PyTorch port."""
 
-    def __init__(self, experiment, precision, steps):
+    def __init__(self, experiment, precision, steps, batch=BATCH):
         import keras
         import numpy as np
         import torch
@@ -397,13 +397,13 @@ class Case:
 
         self.recipe = recipe = EXPERIMENTS[experiment]
         self.experiment = experiment
-        self.precision, self.steps = precision, steps
+        self.precision, self.steps, self.batch = precision, steps, batch
         self.torch = torch
-        images, labels = synthetic_split(BATCH * (steps + 2))  # 2 warm-up steps
+        images, labels = synthetic_split(batch * (steps + 2))  # 2 warm-up steps
         normalizer = Normalizer(**recipe.normalization).fit(images)
-        recipe_batch = dataclasses.replace(recipe, batch_size=BATCH)
+        recipe_batch = dataclasses.replace(recipe, batch_size=batch)
         self.batches, _ = training_batches(recipe_batch, RunOptions(), normalizer,
-                                           (images, labels), (images[:BATCH], labels[:BATCH]), 10)
+                                           (images, labels), (images[:batch], labels[:batch]), 10)
         self.eval_images = np.ascontiguousarray(self.batches[0][0], dtype="float32")
         keras.utils.set_random_seed(0)
         with precision_policy(precision):  # as run.py --precision builds it
@@ -448,18 +448,18 @@ class Case:
         self.model.fit(self.batches, epochs=1, steps_per_epoch=self.steps + 2, shuffle=False,
                        verbose=0, callbacks=[EpochSync(self.batches), EpochLog(), clock])
         # Steps 0 and 1 trace and warm up; the timed steps are the ones after.
-        return BATCH * self.steps / (clock.ends[-1] - clock.ends[1])
+        return self.batch * self.steps / (clock.ends[-1] - clock.ends[1])
 
     def keras_infer(self, jit="auto"):
         import numpy as np
 
         self.compile(jit)
-        self.model.predict(self.eval_images, batch_size=BATCH, verbose=0)  # traces
+        self.model.predict(self.eval_images, batch_size=self.batch, verbose=0)  # traces
         # One predict over `steps` batches, as a user predicts a dataset (a call
         # per batch would time predict's per-call setup instead).
         images = np.concatenate([self.eval_images] * self.steps)
         started = time.perf_counter()
-        self.model.predict(images, batch_size=BATCH, verbose=0)
+        self.model.predict(images, batch_size=self.batch, verbose=0)
         return len(images) / (time.perf_counter() - started)
 
     # -------------------------------------------------------------- PyTorch
@@ -528,7 +528,7 @@ class Case:
         for index in range(self.steps):
             step(index)
         self._synchronize()
-        return BATCH * self.steps / (time.perf_counter() - started)
+        return self.batch * self.steps / (time.perf_counter() - started)
 
     def torch_infer(self, layout, compiled=False):
         """A PyTorch evaluation loop over the same images as keras_infer's predict:
@@ -546,7 +546,7 @@ class Case:
         predict(2)  # warm-up (and compilation)
         started = time.perf_counter()
         predict(self.steps)
-        return BATCH * self.steps / (time.perf_counter() - started)
+        return self.batch * self.steps / (time.perf_counter() - started)
 
 
 # Keras's compile modes worth timing per backend (jit_compile): XLA on and off on
@@ -563,13 +563,13 @@ VARIANT_COLUMNS = [("keras_train_xla", "Keras train XLA"), ("keras_train_no_xla"
                    ("torch_infer_channels_last", "PyTorch infer channels-last")]
 
 
-def measure(experiment, precisions, steps, rounds, torch_compile=False):
+def measure(experiment, precisions, steps, rounds, torch_compile=False, batch=BATCH):
     """One row per precision for `experiment`. Each round times every
     precision's Keras and PyTorch runs in turn, so that a bf16 row's speed-up
     over fp32 is paired by round, as each row's Keras/PyTorch ratio is (rows
     timed minutes apart moved with the machine's load: ResNet-20's bf16/fp32
     was 1.35x to 1.60x in four runs)."""
-    cases = {precision: Case(experiment, precision, steps) for precision in precisions}
+    cases = {precision: Case(experiment, precision, steps, batch) for precision in precisions}
     runs = {precision: {} for precision in precisions}
     for round_index in range(rounds):
         # Alternate which precision, and which framework, goes first each round
@@ -634,7 +634,7 @@ def summarize(case, runs, rounds, torch_compile):
                            for index in range(rounds)] for kind in ("train", "infer")}
     row = {"network": case.recipe.model, "experiment": case.experiment,
            "precision": case.precision, "backend": keras.backend.backend(),
-           "trainable_params": case.params, "batch": BATCH, **speed,
+           "trainable_params": case.params, "batch": case.batch, **speed,
            "keras_train_ips": best["train"]["keras"], "torch_train_ips": best["train"]["torch"],
            "train_ratio": best["train"]["keras"] / best["train"]["torch"],
            "keras_infer_ips": best["infer"]["keras"], "torch_infer_ips": best["infer"]["torch"],
@@ -656,14 +656,14 @@ def tune_allocator(args):
     return False if args.default_malloc else allocator.tune_for_backend(keras.backend.backend())
 
 
-def memory_child(framework, experiment, precision, steps):
+def memory_child(framework, experiment, precision, steps, batch=BATCH):
     """In a child process: peak resident memory while training, above the memory
     held once the data, both models and the optimizers exist."""
     import torch
 
     import threading
 
-    case = Case(experiment, precision, steps)
+    case = Case(experiment, precision, steps, batch)
     before = resident_mb()
     peak = [before]
     done = threading.Event()
@@ -684,9 +684,10 @@ def memory_child(framework, experiment, precision, steps):
     return max(peak[0], resident_mb()) - before
 
 
-def memory(framework, experiment, precision, steps, default_malloc):
+def memory(framework, experiment, precision, steps, default_malloc, batch=BATCH):
     command = [sys.executable, os.path.abspath(__file__), "--memory-child", framework,
                "--models", experiment, "--precision", precision, "--steps", str(steps),
+               "--batch-size", str(batch),
                *(["--default-malloc"] if default_malloc else [])]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -734,6 +735,11 @@ def merge(paths):
     reports = [record.read_json(path) for path in paths]
     result = dict(reports[0])
     result["rows"] = [row for report in reports for row in report["rows"]]
+    batches = sorted({row["batch"] for row in result["rows"]})
+    if len(batches) > 1:  # a table of ratios names one batch
+        raise SystemExit(f"error: these reports were measured at batch sizes {batches}; "
+                         "merge runs of one batch size (--batch-size) into one report")
+    result["batch"] = batches[0]
     # A report that is itself a merge lists its own runs (merging into it adds runs).
     result["merged_from"] = [run for report in reports for run in report.get("merged_from") or [
         {"date": report["date"], "models": sorted({row["experiment"] for row in report["rows"]})}]]
@@ -755,10 +761,12 @@ def round_range(row, kind):
 
 def table(result):
     versions = result["versions"]
+    # Reports from before --batch-size name the batch in their rows only.
+    batch = result.get("batch") or result["rows"][0]["batch"]
     lines = ["# Throughput: Keras against PyTorch", "",
              f"Keras {versions['keras']} on each backend ({', '.join(result['backends'])}) "
              f"against PyTorch {versions['torch']} (eager; the faster of NCHW and channels-last), "
-             f"measured in the same process as each backend's Keras, alternating; batch {BATCH}, "
+             f"measured in the same process as each backend's Keras, alternating; batch {batch}, "
              f"{result['threads']} threads, {result['device']}, {result.get('cpu', '')}, "
              f"{result['steps']} timed steps "
              f"after warm-up, median of {result['rounds']} round(s); {result['date']}. "
@@ -837,11 +845,13 @@ def backend_rows(args):
     rows = []
     for experiment in args.models:
         for row in measure(experiment, args.precision, args.steps, args.rounds,
-                           args.torch_compile):
+                           args.torch_compile, args.batch_size):
             precision = row["precision"]
             if not args.no_memory:
-                row["keras_peak_mb"] = memory("keras", experiment, precision, 3, args.default_malloc)
-                row["torch_peak_mb"] = memory("torch", experiment, precision, 3, args.default_malloc)
+                row["keras_peak_mb"] = memory("keras", experiment, precision, 3, args.default_malloc,
+                                              args.batch_size)
+                row["torch_peak_mb"] = memory("torch", experiment, precision, 3, args.default_malloc,
+                                              args.batch_size)
             rows.append(row)
             print(f"{experiment:18s} {precision} {row['backend']:10s}: train "
                   f"{row['keras_train_ips']:.0f} vs {row['torch_train_ips']:.0f} img/s "
@@ -872,6 +882,8 @@ def main(argv=None):
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=BATCH,
+                        help=f"images per step, for both frameworks (default {BATCH})")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time torch.compile'd training and inference (slow to compile "
@@ -892,7 +904,8 @@ def main(argv=None):
     if args.memory_child:
         tune_allocator(args)
         print(json.dumps({"peak_mb": memory_child(args.memory_child, args.models[0],
-                                                  args.precision[0], args.steps)}))
+                                                  args.precision[0], args.steps,
+                                                  args.batch_size)}))
         return 0
     if args.backend_child:
         with open(args.backend_child, "w") as stream:
@@ -909,8 +922,9 @@ def main(argv=None):
         result["notes"] = NOTES
         write_report(args.json, result)
         return 0
-    if args.steps < 1 or args.rounds < 1:
-        parser.error(f"--steps and --rounds must be >= 1; got {args.steps}, {args.rounds}")
+    if args.steps < 1 or args.rounds < 1 or args.batch_size < 1:
+        parser.error(f"--steps, --rounds and --batch-size must be >= 1; got {args.steps}, "
+                     f"{args.rounds}, {args.batch_size}")
     from experiments.recipes import EXPERIMENTS
 
     unknown = [name for name in args.models if name not in EXPERIMENTS]
@@ -925,7 +939,8 @@ def main(argv=None):
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
               "device": device_description(), "cpu": cpu_description(), "backends": args.backends,
               "versions": {"python": platform.python_version()},
-              "steps": args.steps, "rounds": args.rounds, "notes": NOTES, "rows": [],
+              "steps": args.steps, "rounds": args.rounds, "batch": args.batch_size,
+              "notes": NOTES, "rows": [],
               "input_threads": input_threads()}
     child_args = list(argv if argv is not None else sys.argv[1:])
     for backend in args.backends:

@@ -68,7 +68,7 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--backends", "torch",
          "--models", "cnn_baseline", "--steps", "1", "--rounds", "2", "--no-memory",
-         "--precision", "fp32", "bf16", "--json", str(output)],
+         "--batch-size", "16", "--precision", "fp32", "bf16", "--json", str(output)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads(output.read_text())
@@ -82,6 +82,7 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert torch_speedup == pytest.approx(sum(half["torch_train_over_fp32_rounds"]) / 2)
     assert min(paired) <= keras_speedup <= max(paired)
     assert row["backend"] == "torch" and row["experiment"] == "cnn_baseline"
+    assert saved["batch"] == row["batch"] == half["batch"] == 16
     for key in ("keras_train_ips", "torch_train_ips", "keras_infer_ips", "torch_infer_ips"):
         assert row[key] > 0
     assert row["train_ratio"] == pytest.approx(row["keras_train_ips"] / row["torch_train_ips"])
@@ -98,6 +99,7 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert saved["malloc_keeps_freed_memory"] == {"torch": glibc}
     table = (tmp_path / "throughput.md").read_text()
     assert "| cnn_baseline (" in table and "| torch |" in table and "## What was tried" in table
+    assert "alternating; batch 16, " in table
     assert (f"cnn_baseline Keras {keras_speedup:.2f}x ({min(paired):.2f}-{max(paired):.2f}) / "
             f"PyTorch {torch_speedup:.2f}x") in table
     rounds = row["train_ratio_rounds"]
@@ -115,6 +117,17 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert joined["rows"] == saved["rows"] * 2 and len(joined["merged_from"]) == 2
     assert joined["bf16_speedup"] == saved["bf16_speedup"]
     assert "Joined from 2 runs of this setting" in (tmp_path / "merged.md").read_text()
+
+    # Runs at different batch sizes are not one setting: the merge names the sizes.
+    other = tmp_path / "batch32.json"
+    other.write_text(json.dumps({**saved, "batch": 32,
+                                 "rows": [{**r, "batch": 32} for r in saved["rows"]]}))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "throughput.py"), "--merge",
+         str(output), str(other), "--json", str(tmp_path / "mixed.json")],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "batch sizes [16, 32]" in result.stderr
+    assert not (tmp_path / "mixed.json").exists()
     # Merging into a merged report adds runs to its list instead of nesting it as one.
     again = tmp_path / "again.json"
     result = subprocess.run(
