@@ -357,7 +357,13 @@ NOTES = [
     "brgconv_strided for the stride-2 input gradients, the same layouts), 15,873 against "
     "15,841 ms, about 92% of the step; paired step-only rounds gave 1.005x (10 rounds, "
     "0.999-1.010). Rerun on the quiet machine: training 0.99-1.08x with every round within "
-    "0.97-1.09, inference 1.01-1.34x, peak memory 0.74-1.05x.",
+    "0.97-1.09, inference 1.01-1.34x, peak memory 0.74-1.05x. What is left of resnet5m_row6's "
+    "0.99x there (TorchDispatchMode, each call timed): the residual and gradient-accumulation "
+    "adds are the same calls with the same strides and times on both sides (35.8 against "
+    "37.9 ms for the fifteen 128x32x32x64 ones); the only work Keras adds is copying each "
+    "kernel gradient from oneDNN's layout back into its (h, w, in, out) variable, about 4 ms "
+    "of a 2.2 s step, while the port spends about as much on torch.optim's separate "
+    "weight-decay adds.",
 ]
 
 
