@@ -362,7 +362,7 @@ NOTES = [
     "adds are the same calls with the same strides and times on both sides (35.8 against "
     "37.9 ms for the fifteen 128x32x32x64 ones); the only work Keras adds is copying each "
     "kernel gradient from oneDNN's layout back into its (h, w, in, out) variable, about 4 ms "
-    "of a 2.2 s step, while the port spends about as much on torch.optim's separate "
+    "of a 2.2 s step, while the port spends about 2.5 ms on torch.optim's separate "
     "weight-decay adds.",
 ]
 
