@@ -365,7 +365,23 @@ NOTES = [
     "of a 2.2 s step, while the port spends about 2.5 ms on torch.optim's separate "
     "weight-decay adds. Paired step-only rounds right after that report (10 rounds of 4 "
     "steps, alternating which framework goes first): modified_resnet 0.996x (0.986-1.007), "
-    "resnet5m_row6 0.995x (0.988-1.001), MobileNetV2 1.032x (0.98-1.057).",
+    "resnet5m_row6 0.995x (0.988-1.001), MobileNetV2 1.032x (0.98-1.057). A third run "
+    "with torch.compile (3 rounds): training 0.99-1.11x eager PyTorch and 0.97-1.15x "
+    "compiled, inference 1.01-1.43x eager and 0.95-1.00x compiled (inductor trained at "
+    "0.96-1.03x eager PyTorch there).",
+    "Fixed cost per step (AVX2 machine, batch 4, where the convolutions are small): Keras "
+    "took about 12 ms a step more than the port on resnet5m_row6 and 30 ms on "
+    "se_resnet_mixup, from Python (the graph walk, variable reads, clipvalue's per-variable "
+    "clip, 6 ms) and from the kernels' layout: a (h, w, in, out) kernel read as PyTorch's "
+    "(out, in, h, w) is neither contiguous nor channels-last, so oneDNN copies it on every "
+    "call and its gradient is copied back (one 512-channel 3x3 layer at 4x4 pixels, forward "
+    "and backward: 22 ms against 9.5 at batch 4, 175 against 163 at batch 128). Storing each "
+    "Conv2D kernel (and its optimizer slots) with the port's channels-last strides behind "
+    "the same (h, w, in, out) shape removed both copies: resnet5m_row6 at batch 4 went from "
+    "0.863x to 0.926x (4 paired rounds each), but at batch 128 it gave 1.001x against "
+    "1.000x without it (8 paired rounds each, ranges 0.986-1.014 and 0.993-1.007): under "
+    "the noise of a 2.2 s step, so it was not kept (a stored variable whose strides differ "
+    "from its shape's would reach saving, loading and every optimizer).",
 ]
 
 
