@@ -360,7 +360,7 @@ NOTES = [
     "0.97-1.09, inference 1.01-1.34x, peak memory 0.74-1.05x. What is left of resnet5m_row6's "
     "0.99x there (TorchDispatchMode, each call timed): the residual and gradient-accumulation "
     "adds are the same calls with the same strides and times on both sides (35.8 against "
-    "37.9 ms for the fifteen 128x32x32x64 ones); the only work Keras adds is copying each "
+    "37.9 ms for the fifteen 128x32x32x64 ones); the only operator Keras adds is the copy of each "
     "kernel gradient from oneDNN's layout back into its (h, w, in, out) variable, about 4 ms "
     "of a 2.2 s step, while the port spends about 2.5 ms on torch.optim's separate "
     "weight-decay adds. Paired step-only rounds right after that report (10 rounds of 4 "
