@@ -143,10 +143,9 @@ def test_optimizers_on_the_torch_backend():
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the PyTorch backend's path")
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_torch_backend_clips_with_torch_clamp(name, monkeypatch):
-    """On PyTorch, clipvalue clips every gradient in two multi-tensor kernels
-    (no per-variable torch.clip, which Keras's ops.clip calls) and gives the
-    per-variable answer; the
-    gradients handed in are left as they were."""
+    """On PyTorch, clipvalue clips each gradient with torch.clamp, not through
+    Keras's ops.clip (which calls torch.clip), and gives clip_grad_value_'s
+    answer; the gradients handed in are left as they were."""
     import torch
 
     rng = np.random.default_rng(3)
