@@ -105,7 +105,7 @@ def listing(as_json):
 def resolve(args):
     """The recipes to run, with the command line's edits applied."""
     from experiments.recipes import EXPERIMENTS, GROUPS
-    from training.recipe import apply_override
+    from training.recipe import apply_overrides
 
     if args.name in GROUPS:
         names = GROUPS[args.name]
@@ -124,13 +124,7 @@ def resolve(args):
         edits.append(f"batch_size={args.batch_size}")
     if args.val_split is not None:
         edits.append(f"val_split={args.val_split}")
-    recipes = []
-    for name in names:
-        recipe = EXPERIMENTS[name]
-        for edit in edits:
-            recipe = apply_override(recipe, edit)
-        recipes.append(recipe)
-    return recipes
+    return [apply_overrides(EXPERIMENTS[name], edits) for name in names]
 
 
 def main(argv=None):

@@ -137,12 +137,10 @@ def train_trial(spec):
     from data.cifar import DataError
     from experiments.recipes import EXPERIMENTS
     from training.engine import RunError, RunOptions, train
-    from training.recipe import RecipeError, apply_override
+    from training.recipe import RecipeError, apply_overrides
 
     try:
-        recipe = EXPERIMENTS[spec["base"]]
-        for edit in spec["edits"]:
-            recipe = apply_override(recipe, edit)
+        recipe = apply_overrides(EXPERIMENTS[spec["base"]], spec["edits"])
         train(recipe, RunOptions(output_dir=spec["runs_dir"], run_id=spec["run_id"],
                                  seed=spec["seed"], data_dir=spec["data_dir"],
                                  quick=spec["quick"], verbose=0))
@@ -162,12 +160,10 @@ def make_tuner(args):
     from experiments.recipes import EXPERIMENTS
     from models import build_model, count_params
     from training import record
-    from training.recipe import apply_override
+    from training.recipe import apply_overrides
 
     search = SEARCHES[args.search]
-    base = EXPERIMENTS[search.base]
-    for edit in args.set:
-        base = apply_override(base, edit)
+    base = apply_overrides(EXPERIMENTS[search.base], args.set)
     objective = keras_tuner.Objective("val_accuracy", direction="max")
     epochs = args.epochs or (2 if args.quick else base.epochs)
     # A trial whose process dies (the OOM killer, a lost device) gets one more try,
@@ -201,9 +197,7 @@ def make_tuner(args):
                 edits.append(f"epochs={hp.values['tuner/epochs']}")
             elif args.epochs:
                 edits.append(f"epochs={args.epochs}")
-            recipe = base
-            for edit in edits:
-                recipe = apply_override(recipe, edit)
+            recipe = apply_overrides(base, edits)
             run_dir = os.path.join(runs_dir, recipe.name, f"trial_{trial.trial_id}")
             os.makedirs(run_dir, exist_ok=True)
             model = build_model(recipe.model, 10, **recipe.model_args)
@@ -388,12 +382,10 @@ def main(argv=None):
     if args.workers < 0:
         return fail(f"--workers must be >= 0; got {args.workers}.", USAGE_ERROR)
     from experiments.recipes import EXPERIMENTS
-    from training.recipe import RecipeError, apply_override
+    from training.recipe import RecipeError, apply_overrides
 
     try:
-        base = EXPERIMENTS[SEARCHES[args.search].base]
-        for edit in args.set:
-            base = apply_override(base, edit)
+        base = apply_overrides(EXPERIMENTS[SEARCHES[args.search].base], args.set)
     except RecipeError as error:
         return fail(str(error), USAGE_ERROR)
     os.makedirs(search_dir(args), exist_ok=True)

@@ -55,14 +55,24 @@ def test_unknown_experiment_suggests_close_names():
     ("epochz=3", "Did you mean epochs"),
     ("epochs=-1", "epochs must be a whole number >= 1"),
     ("batch_size=0", "batch_size must be a whole number >= 1"),
-    ("epochs=abc", "expected a int"),
+    ("epochs=abc", "expected a whole number like 100"),
     ("optimizer.name=lion", "optimizer.name must be one of"),
     ("optimizer.learning_rate=0", "learning_rate must be a number > 0"),
+    ("schedule.patience=3", "schedule 'kth_step' does not use ['patience']"),
 ])
 def test_bad_set_edits_name_the_key_and_the_allowed_values(edit, message):
     result = run("resnet_deep", "--set", edit)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_set_edits_are_checked_together(tmp_path):
+    """A new schedule kind and its required field, given as two --set edits, make one
+    valid recipe (the run gets as far as the missing data)."""
+    result = run("resnet_deep", "--set", "schedule.kind=exponential", "--set", "schedule.gamma=0.9",
+                 "--data-dir", str(tmp_path / "missing"))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "--data-dir" in result.stderr and "schedule" not in result.stderr
 
 
 def test_no_data_gives_one_clear_message(tmp_path):

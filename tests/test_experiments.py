@@ -21,7 +21,7 @@ from data.normalize import Normalizer
 from experiments.recipes import EXPERIMENTS, GROUPS
 from training import schedules
 from training.optimizers import build_optimizer
-from training.recipe import RecipeError, apply_override, validate
+from training.recipe import RecipeError, apply_override, apply_overrides, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "experiments", "run.py")
@@ -180,6 +180,29 @@ def test_noise_is_seeded():
 def test_bad_noise_settings_are_refused(edit, message):
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
         apply_override(EXPERIMENTS["noisy_labels"], edit)
+
+
+def test_a_new_schedule_kind_keeps_only_the_fields_it_takes():
+    recipe = apply_overrides(EXPERIMENTS["mobilenetv2"], ["schedule.kind=cosine", "schedule.t_max=50"])
+    assert recipe.schedule == {"kind": "cosine", "t_max": 50}  # exponential's gamma is dropped
+    recipe = apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.t_max=30", "schedule.kind=cosine"])
+    assert recipe.schedule == {"kind": "cosine", "t_max": 30}
+    with pytest.raises(RecipeError, match=r"schedule 'exponential' needs \['gamma'\]"):
+        apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=exponential"])
+    with pytest.raises(RecipeError, match="schedule.t_max must be a number of epochs > 0; got 'abc'"):
+        apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=cosine", "schedule.t_max=abc"])
+
+
+def test_a_new_optimizer_keeps_only_the_momentum_fields_it_reads():
+    recipe = apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=adam"])
+    assert "momentum" not in recipe.optimizer and recipe.optimizer["weight_decay"] == 1e-4
+    assert apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=rmsprop"]).optimizer["momentum"] == 0.9
+    with pytest.raises(RecipeError, match="optimizer.momentum=0.9 is not read by adam; set it to 0"):
+        apply_override(EXPERIMENTS["mobilenetv2_adam"], "optimizer.momentum=0.9")
+    with pytest.raises(RecipeError, match="optimizer.nesterov=true is not read by rmsprop"):
+        apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=rmsprop", "optimizer.nesterov=true"])
+    with pytest.raises(RecipeError, match="nesterov must be true or false; got 1"):
+        apply_override(EXPERIMENTS["resnet20"], "optimizer.nesterov=1")
 
 
 # ---------------------------------------------------------------- quick runs

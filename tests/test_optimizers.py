@@ -77,6 +77,23 @@ def test_keras_style_rejects_coupled_decay():
         build_optimizer("lion", learning_rate=0.1)
 
 
+@pytest.mark.parametrize("style", ["torch", "keras"])
+def test_each_optimizer_reads_the_momentum_fields_the_recipe_check_allows(style):
+    """MOMENTUM_FIELDS, which the recipe check uses to refuse unread fields, is what
+    build_optimizer passes on: a momentum an optimizer is said to read reaches it."""
+    from training.optimizers import MOMENTUM_FIELDS
+
+    for name, fields in MOMENTUM_FIELDS.items():
+        optimizer = build_optimizer(name, learning_rate=0.1, style=style, momentum=0.5,
+                                    nesterov="nesterov" in fields)
+        optimizer.build([keras.Variable(np.zeros(2, "float32"))])
+        momentum = getattr(optimizer, "momentum", None)
+        if isinstance(momentum, keras.Variable):
+            momentum = float(keras.ops.convert_to_numpy(momentum))
+        assert (momentum == 0.5) == ("momentum" in fields), (name, style, momentum)
+        assert getattr(optimizer, "nesterov", False) == ("nesterov" in fields)
+
+
 def test_momentum_is_a_variable_one_cycle_can_change():
     optimizer = TorchSGD(0.1, momentum=0.95)
     (w,) = apply(optimizer, [np.zeros(1)], [])

@@ -150,8 +150,67 @@ def test_unknown_kind_and_missing_fields():
         schedules.validate({"kind": "warmup"}, 10)
     with pytest.raises(ValueError, match="t_max"):
         schedules.validate({"kind": "cosine"}, 10)
-    with pytest.raises(ValueError, match="one more value"):
+    with pytest.raises(ValueError, match="one more than its boundaries"):
         schedules.validate({"kind": "step", "boundaries": [1, 2], "values": [1.0]}, 10)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "kth_step", "patience": 3}, "does not use ['patience']; it takes factor, values"),
+    ({"kind": "constant", "gamma": 0.9}, "it takes no other field"),
+    ({"kind": "cosine", "t_max": "abc"}, "schedule.t_max must be a number of epochs > 0"),
+    ({"kind": "cosine", "t_max": 0}, "schedule.t_max must be"),
+    ({"kind": "cosine", "t_max": 10, "periodic": "no"}, "schedule.periodic must be true or false"),
+    ({"kind": "exponential", "gamma": -0.5}, "schedule.gamma must be a number > 0"),
+    ({"kind": "step", "boundaries": [5, 2.5]}, "schedule.boundaries must be a list of whole"),
+    ({"kind": "step", "boundaries": [5, 2]}, "boundaries must increase"),
+    ({"kind": "step", "boundaries": [5], "factor": True}, "schedule.factor must be a number"),
+    ({"kind": "kth_step", "values": [0.1, 0.01]}, "needs 3 values"),
+    ({"kind": "plateau", "factor": 2.0}, "below 1 for plateau"),
+    ({"kind": "plateau", "patience": 2.5}, "schedule.patience must be a whole number"),
+    ({"kind": "onecycle", "max_lr": 0.1, "total": 5}, "must cover the 10 epochs"),
+    ({"kind": "onecycle", "max_lr": 0.1, "pct_start": 0.1}, "pct_start * total must not be 1"),
+])
+def test_fields_a_kind_cannot_use_are_refused(spec, message):
+    """A field the kind does not read, or a value it cannot run, fails before training,
+    not silently or at the first epoch."""
+    with pytest.raises(ValueError) as error:
+        schedules.validate(spec, 10)
+    assert message in str(error.value)
+
+
+def test_every_field_a_kind_takes_is_read():
+    """FIELDS lists what lr_at, the callbacks and the optimizer schedule read: setting
+    each listed field to a second valid value changes the rates the kind gives."""
+    second = {"boundaries": [3], "values": [0.5, 0.05], "factor": 0.5, "gamma": 0.5,
+              "t_max": 4, "eta_min": 0.01, "periodic": False, "max_lr": 0.2, "total": 12,
+              "pct_start": 0.5, "div_factor": 5.0, "final_div_factor": 10.0,
+              "base_momentum": 0.5, "max_momentum": 0.9}
+    base = {"step": {"boundaries": [5]}, "kth_step": {}, "exponential": {"gamma": 0.9},
+            "cosine": {"t_max": 6}, "onecycle": {"max_lr": 0.1},
+            "step_iterations": {"boundaries": [5]}}
+    for kind, fields in schedules.FIELDS.items():
+        if kind in ("constant", "plateau"):  # plateau's fields go to its callback, below
+            continue
+        for field in fields:
+            spec = {"kind": kind, **base[kind]}
+            edited = {**spec, field: second[field]}
+            if field == "values":  # one more value than the kind's boundaries
+                boundaries = spec.get("boundaries") or schedules.kth_step_boundaries(10)
+                edited["values"] = [0.5] + [0.05] * len(boundaries)
+            schedules.validate(edited, 10)
+            if kind == "step_iterations":
+                rates = [[float(schedules.optimizer_learning_rate(s, 0.1)(step)) for step in range(10)]
+                         for s in (spec, edited)]
+            elif kind == "onecycle":
+                rates = [[schedules.onecycle_at(e, s, 10) for e in range(10)] for s in (spec, edited)]
+            else:
+                rates = [lrs(s, 0.1, 10) for s in (spec, edited)]
+            assert rates[0] != rates[1], (kind, field)
+    callback = schedules.schedule_callbacks(
+        {"kind": "plateau", "monitor": "val_accuracy", "factor": 0.5, "patience": 2,
+         "threshold": 0.01, "cooldown": 1, "min_lr": 0.001}, 0.1, 10)[0]
+    assert (callback.monitor, callback.factor, callback.patience, callback.threshold,
+            callback.cooldown, callback.min_lr) == ("val_accuracy", 0.5, 3, 0.01, 1, 0.001)
 
 
 def test_schedule_drives_fit_and_lands_in_history():

@@ -215,6 +215,9 @@ class TorchRMSprop(_CoupledDecay, _multi_tensor(keras.optimizers.RMSprop)):
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
 STYLES = ("torch", "keras")
+# The momentum fields each optimizer reads (RMSprop's is its own; Adam and Adagrad have none).
+MOMENTUM_FIELDS = {"sgd": ("momentum", "nesterov"), "adam": (), "adagrad": (),
+                   "rmsprop": ("momentum",)}
 
 
 def build_optimizer(name, *, learning_rate, style="torch", momentum=0.0, nesterov=False,
@@ -236,8 +239,9 @@ def build_optimizer(name, *, learning_rate, style="torch", momentum=0.0, nestero
             )
         if name == "sgd":
             return keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
-        return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
-                "rmsprop": keras.optimizers.RMSprop}[name](**common)
+        if name == "rmsprop":
+            return keras.optimizers.RMSprop(momentum=momentum, **common)
+        return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad}[name](**common)
     if name == "sgd":
         return TorchSGD(momentum=momentum, nesterov=nesterov,
                         coupled_weight_decay=weight_decay, **common)

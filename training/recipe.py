@@ -14,7 +14,7 @@ from data.mixing import Mixer
 from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS
 from training import schedules
-from training.optimizers import OPTIMIZERS, STYLES
+from training.optimizers import MOMENTUM_FIELDS, OPTIMIZERS, STYLES
 
 
 class RecipeError(ValueError):
@@ -64,15 +64,20 @@ class Recipe:
 OPTIONAL_KEYS = {
     "optimizer": {"name", "learning_rate", "momentum", "nesterov", "weight_decay", "style",
                   "clipvalue"},
-    "schedule": {"kind", "boundaries", "values", "factor", "gamma", "t_max", "eta_min",
-                 "periodic", "max_lr", "total", "pct_start", "div_factor", "final_div_factor",
-                 "base_momentum", "max_momentum", "monitor", "patience", "threshold",
-                 "cooldown", "min_lr"},
+    "schedule": {"kind", *schedules.RULES},
     "normalization": {"kind", "stats", "stage", "scale_bug"},
     "early_stopping": {"monitor", "patience", "min_delta", "mode"},
     "mixup": {"kind", "alpha", "p", "gate", "stop_epoch"},
     "noise": {"kind", "rate", "seed"},
     "transfer": {"source", "run", "head_epochs", "head_learning_rate"},
+}
+
+
+# A --set that switches a kind drops the old kind's own fields, which the new kind
+# would refuse as unread: (the fields that may go, the fields each new value reads).
+SWITCHES = {
+    ("schedule", "kind"): (set(schedules.RULES), schedules.FIELDS),
+    ("optimizer", "name"): ({"momentum", "nesterov"}, MOMENTUM_FIELDS),
 }
 
 
@@ -84,11 +89,27 @@ def _parse_value(text):
 
 
 def _type_name(value):
-    return type(value).__name__
+    names = {bool: "true or false", int: "a whole number", float: "a number",
+             str: "a string", list: "a list", dict: "a group of keys"}
+    return names.get(type(value), type(value).__name__)
 
 
 def apply_override(recipe, assignment):
-    """Applies one `key=value`; returns a new recipe."""
+    """Applies one `key=value` and checks the result; returns a new recipe."""
+    return apply_overrides(recipe, [assignment])
+
+
+def apply_overrides(recipe, assignments):
+    """Applies `key=value` edits in order, then checks the recipe they make, so that
+    edits that only make sense together (a new schedule kind and its fields) can be
+    given one after the other. Each edit's type is checked as it is applied."""
+    for assignment in assignments:
+        recipe = _apply(recipe, assignment)
+    validate(recipe)
+    return recipe
+
+
+def _apply(recipe, assignment):
     if "=" not in assignment:
         raise RecipeError(f"--set expects key=value; got {assignment!r}.")
     key, text = assignment.split("=", 1)
@@ -122,16 +143,19 @@ def apply_override(recipe, assignment):
             isinstance(old, (list, dict)) and not isinstance(value, type(old))
         ):
             raise RecipeError(
-                f"--set {key}: expected a {_type_name(old)} like {json.dumps(old)}, got {text!r}."
+                f"--set {key}: expected {_type_name(old)} like {json.dumps(old)}, got {text!r}."
             )
         if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float):
             if not value.is_integer():
                 raise RecipeError(f"--set {key}: expected a whole number, got {text!r}.")
             value = int(value)
+    switch = SWITCHES.get(tuple(path))
+    if switch and value != old and value in switch[1]:
+        droppable, reads = switch
+        for field in (set(target) & droppable) - set(reads[value]):
+            del target[field]
     target[leaf] = value
-    updated = Recipe.from_dict(data)
-    validate(updated)
-    return updated
+    return Recipe.from_dict(data)
 
 
 def validate(recipe):
@@ -169,13 +193,22 @@ def validate(recipe):
              f"optimizer.{key} must be a number >= 0; got {value!r}.")
     need(0 <= optimizer.get("momentum", 0.0) < 1,
          f"optimizer.momentum must lie in [0, 1); got {optimizer.get('momentum')!r}.")
+    nesterov = optimizer.get("nesterov", False)
+    need(isinstance(nesterov, bool), f"optimizer.nesterov must be true or false; got {nesterov!r}.")
+    reads = MOMENTUM_FIELDS[optimizer["name"]]
+    for key, value, off in (("momentum", optimizer.get("momentum", 0.0), "0"),
+                            ("nesterov", nesterov, "false")):
+        readers = [name for name, fields in MOMENTUM_FIELDS.items() if key in fields]
+        need(not value or key in reads,
+             f"optimizer.{key}={json.dumps(value)} is not read by {optimizer['name']}; set it "
+             f"to {off} or use an optimizer that reads it ({', '.join(readers)}).")
     clip = optimizer.get("clipvalue")
     need(clip is None or (isinstance(clip, (int, float)) and clip > 0),
          f"optimizer.clipvalue must be a number > 0 or null; got {clip!r}.")
     try:
         schedules.validate(recipe.schedule, recipe.epochs)
     except (ValueError, KeyError, TypeError) as error:
-        raise RecipeError(f"schedule: {error}") from None
+        raise RecipeError(str(error)) from None  # its messages name the schedule
     normalization = recipe.normalization
     need(normalization.get("kind") in NORMALIZATION_KINDS,
          f"normalization.kind must be one of {NORMALIZATION_KINDS}; got {normalization.get('kind')!r}.")

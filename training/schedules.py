@@ -8,13 +8,14 @@ al.'s 32k/48k) becomes a Keras LearningRateSchedule on the optimizer, since
 Keras schedules count optimizer steps. "plateau" is a ReduceLROnPlateau callback
 with PyTorch's relative threshold.
 
-kinds and their fields (lr = the recipe's optimizer learning rate):
+kinds and their fields (lr = the recipe's optimizer learning rate; `validate`
+refuses a field its kind does not read, and a value outside RULES):
   constant         -
   step             boundaries: epochs at which the next value starts; factor
                    (default 0.1) or values
   kth_step         paper 004's LearningController: lr/10 once epoch-1 > N/2 and
                    lr/100 once epoch-1 > 3N/4 (N = epochs); i.e. for N=100,
-                   epochs 0-51, 52-76, 77-99
+                   epochs 0-51, 52-76, 77-99; factor or values as for step
   exponential      gamma per epoch (torch ExponentialLR)
   cosine           t_max (epochs), eta_min; periodic past t_max as PyTorch's
                    closed form is, unless periodic=false
@@ -38,6 +39,52 @@ KINDS = ("constant", "step", "kth_step", "exponential", "cosine", "onecycle", "p
 EPOCH_KINDS = ("constant", "step", "kth_step", "exponential", "cosine", "onecycle")
 
 
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value):
+    return _number(value) and float(value).is_integer()
+
+
+# What each field must hold. A kind reads only the fields FIELDS gives it; any other
+# field is refused, since a value nobody reads would look like a change that ran.
+RULES = {
+    "boundaries": (lambda v: isinstance(v, list) and all(_whole(b) and b >= 0 for b in v),
+                   "a list of whole numbers >= 0"),
+    "values": (lambda v: isinstance(v, list) and all(_number(x) and x >= 0 for x in v),
+               "a list of numbers >= 0"),
+    "factor": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "gamma": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "t_max": (lambda v: _number(v) and v > 0, "a number of epochs > 0"),
+    "eta_min": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "periodic": (lambda v: isinstance(v, bool), "true or false"),
+    "max_lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "total": (lambda v: _whole(v) and v >= 1, "a whole number of epochs >= 1"),
+    "pct_start": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "div_factor": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "final_div_factor": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "base_momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "max_momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "monitor": (lambda v: isinstance(v, str) and bool(v), "a history column such as \"val_loss\""),
+    "patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0"),
+    "threshold": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "cooldown": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0"),
+    "min_lr": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+}
+FIELDS = {
+    "constant": (),
+    "step": ("boundaries", "factor", "values"),
+    "kth_step": ("factor", "values"),
+    "exponential": ("gamma",),
+    "cosine": ("t_max", "eta_min", "periodic"),
+    "onecycle": ("max_lr", "total", "pct_start", "div_factor", "final_div_factor",
+                 "base_momentum", "max_momentum"),
+    "plateau": ("monitor", "factor", "patience", "threshold", "cooldown", "min_lr"),
+    "step_iterations": ("boundaries", "factor", "values"),
+}
+
+
 def _values(spec, lr):
     boundaries = list(spec["boundaries"])
     values = spec.get("values")
@@ -46,8 +93,8 @@ def _values(spec, lr):
         values = [lr * factor ** i for i in range(len(boundaries) + 1)]
     if len(values) != len(boundaries) + 1:
         raise ValueError(
-            f"schedule {spec['kind']!r} needs one more value than boundaries; got "
-            f"{len(values)} values for {len(boundaries)} boundaries."
+            f"schedule {spec['kind']!r} needs {len(boundaries) + 1} values, one more than its "
+            f"boundaries {boundaries}; got {len(values)}."
         )
     if boundaries != sorted(boundaries):
         raise ValueError(f"schedule boundaries must increase; got {boundaries}.")
@@ -106,16 +153,38 @@ def lr_at(epoch, spec, base_lr, epochs):
 
 
 def validate(spec, epochs):
+    """Raises ValueError naming the first field of `spec` that cannot run."""
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ValueError(f"Unknown schedule kind {kind!r}; expected one of {KINDS}.")
+    unused = sorted(set(spec) - {"kind"} - set(FIELDS[kind]))
+    if unused:
+        takes = ", ".join(FIELDS[kind]) or "no other field"
+        raise ValueError(f"schedule {kind!r} does not use {unused}; it takes {takes}.")
     required = {"step": ["boundaries"], "exponential": ["gamma"], "cosine": ["t_max"],
                 "onecycle": ["max_lr"], "step_iterations": ["boundaries"]}.get(kind, [])
     missing = [key for key in required if key not in spec]
     if missing:
         raise ValueError(f"schedule {kind!r} needs {missing}.")
+    for field in FIELDS[kind]:
+        check, meaning = RULES[field]
+        if field in spec and not check(spec[field]):
+            raise ValueError(f"schedule.{field} must be {meaning}; got {spec[field]!r}.")
+    if kind == "plateau" and spec.get("factor", 0.1) >= 1:
+        raise ValueError(f"schedule.factor must be below 1 for plateau; got {spec['factor']!r}.")
+    if kind == "onecycle":
+        # torch's OneCycleLR refuses a step past total_steps and divides by zero
+        # when the warm-up phase ends at step 0.
+        total = spec.get("total", epochs)
+        if total < epochs:
+            raise ValueError(f"schedule.total ({total}) must cover the {epochs} epochs.")
+        if spec.get("pct_start", 0.3) * total == 1:
+            raise ValueError(f"schedule onecycle: pct_start * total must not be 1 (the warm-up "
+                             f"would end at epoch 0); got {spec.get('pct_start', 0.3)} * {total}.")
     if kind in ("step", "step_iterations"):
         _values(spec, 1.0)
+    if kind == "kth_step":
+        _values({**spec, "boundaries": kth_step_boundaries(epochs)}, 1.0)
 
 
 def optimizer_learning_rate(spec, base_lr):
