@@ -54,6 +54,12 @@ class Normalizer:
             raise ValueError(
                 f"normalization 'channel' needs stats in {sorted(CHANNEL_STATS)}; got {stats!r}."
             )
+        if stats is not None and kind != "channel":
+            raise ValueError(f"normalization stats are read only by kind 'channel'; got stats "
+                             f"{stats!r} with kind {kind!r}.")
+        if not isinstance(scale_bug, bool) or (scale_bug and kind != "per_pixel"):
+            raise ValueError(f"normalization scale_bug is true or false, and true only with kind "
+                             f"'per_pixel'; got {scale_bug!r} with kind {kind!r}.")
         stage = stage or DEFAULT_STAGE[kind]
         if stage not in ("before", "after"):
             raise ValueError(f"normalization stage must be 'before' or 'after'; got {stage!r}.")

@@ -1,4 +1,4 @@
 """Every paper's network, by name. Importing the package registers them all."""
 
 from models import cifar_resnet, kth, mobilenetv2  # noqa: F401  (registration)
-from models.registry import MODELS, build_model, count_params  # noqa: F401
+from models.registry import MODELS, build_model, check_args, count_params  # noqa: F401

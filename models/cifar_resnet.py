@@ -13,7 +13,7 @@ from keras import layers
 
 from models import layers as tl
 from models import native
-from models.registry import register
+from models.registry import check_numbers, register
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -81,6 +81,9 @@ def cifar_resnet(
     """blocks/widths/strides: one entry per stage; block_types: one type for all
     stages or one per stage; dropout: after the stem ReLU and after the first
     ReLU of every block (paper 001's row-1 notebook)."""
+    check_numbers("blocks", blocks, minimum=1, whole=True)
+    check_numbers("widths", widths, minimum=1, whole=True)
+    check_numbers("dropout", dropout, minimum=0, below=1)
     stages = len(blocks)
     if isinstance(block_types, str):
         block_types = (block_types,) * stages
@@ -90,6 +93,7 @@ def cifar_resnet(
             f"blocks, widths, strides and block_types need one entry per stage; got "
             f"{blocks}, {widths}, {strides}, {block_types}."
         )
+    check_numbers("strides", strides, choices=(1, 2))
     unknown = set(block_types) - set(BLOCKS)
     if unknown:
         raise ValueError(f"Unknown block type(s) {sorted(unknown)}; expected {sorted(BLOCKS)}.")
@@ -140,6 +144,9 @@ def resnet5m(num_classes=10, *, row=6, **overrides):
     return cifar_resnet(num_classes, name=f"resnet5m_row{row}", **config)
 
 
+resnet5m.forwards_to = cifar_resnet
+
+
 @register("modified_resnet", paper="002")
 def modified_resnet(num_classes=10):
     """Paper 002: kuangliu's ResNet-18 without its last stage."""
@@ -157,6 +164,7 @@ def se_resnet(num_classes=10):
 
 def he_resnet(num_classes=10, *, depth):
     """He et al. (2015) CIFAR ResNet-(6n+2): option-A shortcuts, He normal init."""
+    check_numbers("depth", depth, minimum=8, whole=True)
     if (depth - 2) % 6:
         raise ValueError(f"He CIFAR ResNets have depth 6n+2; got {depth}.")
     n = (depth - 2) // 6

@@ -14,7 +14,7 @@ from keras import layers, regularizers
 from models import layers as tl
 from models import native
 
-from models.registry import register
+from models.registry import check_numbers, register
 
 NORMS = ("batch", "layer", "group", "instance")
 
@@ -44,6 +44,8 @@ def vgg_cnn(num_classes=10, *, blocks=3, norm=None, pool_dropout=(), dense_dropo
     pool_dropout[i] follows pool i; `l2` applies to every conv and Dense(128)."""
     if not 1 <= blocks <= 3:
         raise ValueError(f"blocks must be 1, 2 or 3; got {blocks}.")
+    check_numbers("dropout", [*pool_dropout, dense_dropout], minimum=0, below=1)
+    check_numbers("l2", l2, minimum=0)
     inputs = keras.Input((32, 32, 3), name="image")
     x = inputs
     for block, filters in enumerate((32, 64, 128)[:blocks]):
@@ -129,6 +131,10 @@ def kth_resnet(num_classes=10, *, stages, widths, stem, l2, dropout=0.0,
         raise ValueError(f"stem must be one of {STEMS}; got {stem!r}.")
     if len(stages) != len(widths):
         raise ValueError(f"stages and widths need the same length; got {stages}, {widths}.")
+    check_numbers("stages", stages, minimum=1, whole=True)
+    check_numbers("widths", widths, minimum=1, whole=True)
+    check_numbers("dropout", dropout, minimum=0, below=1)
+    check_numbers("l2", l2, minimum=0)
     inputs = keras.Input((32, 32, 3), name="image")
     x = inputs
     if stem in ("A", "B"):

@@ -11,7 +11,7 @@ from keras import layers
 
 from models import layers as tl
 from models import native
-from models.registry import register
+from models.registry import check_numbers, register
 
 # (expansion, output channels, blocks, first stride) per row; `None` takes the
 # network's expansion factor. Row 1 keeps t=1 as in kuangliu's code.
@@ -41,6 +41,8 @@ def mobilenetv2(num_classes=10, *, expansion=7, row_strides=None):
     row_strides = tuple(row_strides or (row[3] for row in ROWS))
     if len(row_strides) != len(ROWS):
         raise ValueError(f"row_strides needs {len(ROWS)} entries; got {row_strides}.")
+    check_numbers("row_strides", row_strides, choices=(1, 2))
+    check_numbers("expansion", expansion, minimum=1, whole=True)
     inputs = keras.Input((32, 32, 3), name="image")
     x = tl.conv(inputs, 32, 3, name="stem_conv")
     x = layers.ReLU(name="stem_relu")(tl.batch_norm(x, name="stem_bn"))

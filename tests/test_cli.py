@@ -59,6 +59,10 @@ def test_unknown_experiment_suggests_close_names():
     ("optimizer.name=lion", "optimizer.name must be one of"),
     ("optimizer.learning_rate=0", "learning_rate must be a number > 0"),
     ("schedule.patience=3", "schedule 'kth_step' does not use ['patience']"),
+    ("model_args.stagez=[1,1,1]", "kth_resnet_b does not take ['stagez']"),
+    ("monitor=val_acc", "monitor must be one of val_accuracy, val_loss"),
+    ("early_stopping.patience=abc", "early_stopping.patience must be a whole number"),
+    ("early_stopping.monitor=acc", "early_stopping.monitor must be one of"),
 ])
 def test_bad_set_edits_name_the_key_and_the_allowed_values(edit, message):
     result = run("resnet_deep", "--set", edit)

@@ -193,6 +193,16 @@ def test_a_new_schedule_kind_keeps_only_the_fields_it_takes():
         apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=cosine", "schedule.t_max=abc"])
 
 
+def test_normalization_fields_are_checked_as_the_run_reads_them():
+    recipe = apply_overrides(EXPERIMENTS["mobilenetv2"], ["normalization.kind=per_image"])
+    assert recipe.normalization == {"kind": "per_image"}  # channel's stats are dropped
+    for edit, message in [("normalization.stage=middle", "stage must be 'before' or 'after'"),
+                          ('normalization.stats="kuangliu"', "stats are read only by kind 'channel'"),
+                          ("normalization.scale_bug=true", "true only with kind 'per_pixel'")]:
+        with pytest.raises(RecipeError, match=message):
+            apply_override(EXPERIMENTS["resnet_deep"], edit)
+
+
 def test_a_new_optimizer_keeps_only_the_momentum_fields_it_reads():
     recipe = apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=adam"])
     assert "momentum" not in recipe.optimizer and recipe.optimizer["weight_decay"] == 1e-4
@@ -219,6 +229,18 @@ def quick(name, data, out, *extra):
     run_dir = os.path.join(out, name, "seed0-quick")
     with open(os.path.join(run_dir, "metrics.json")) as stream:
         return run_dir, json.load(stream)
+
+
+def test_a_network_that_does_not_build_leaves_no_record_to_match(shared_cifar10, tmp_path):
+    """Refused after the data load, the run writes no config.json, so the corrected
+    command reruns under the same run id instead of meeting a changed recipe."""
+    bad = [*SMALL_RESNET5M, "--set", "model_args.blocks=[1,-1,1,1]"]
+    result = run("resnet5m_row6", "--quick", "--data-dir", shared_cifar10, "--output-dir",
+                 str(tmp_path), *bad)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "do not build resnet5m: blocks must be a whole number >= 1 each" in result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "resnet5m_row6", "seed0-quick", "config.json"))
+    quick("resnet5m_row6", shared_cifar10, str(tmp_path), *SMALL_RESNET5M)
 
 
 def test_noisy_labels_quick_run_records_the_noise(shared_cifar10, tmp_path):

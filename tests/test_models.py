@@ -74,6 +74,36 @@ def test_resnet_deep_on_cifar100():
     assert count_params(model) == (4_355_434, 7_686)
 
 
+@pytest.mark.parametrize("name, args, message", [
+    ("kth_resnet_b", {"stages": [1, -1, 1], "widths": [8, 8, 8]}, "stages must be a whole number >= 1 each"),
+    ("kth_resnet_b", {"stages": [1, 1], "widths": [8, 0]}, "widths must be a whole number >= 1 each"),
+    ("kth_resnet_b", {"dropout": 1.0}, "dropout must be a number >= 0 below 1"),
+    ("kth_vgg3", {"l2": -0.1}, "l2 must be a number >= 0"),
+    ("resnet5m", {"blocks": [1, 1, 0, 1]}, "blocks must be a whole number >= 1 each"),
+    ("resnet5m", {"strides": [1, 3, 2, 2]}, "strides must be one of (1, 2) each"),
+    ("mobilenetv2", {"expansion": 2.5}, "expansion must be a whole number >= 1"),
+])
+def test_builders_refuse_counts_a_loop_would_misread(name, args, message):
+    """range(-1) builds no block and a stride of 3 builds fine: refused, not built."""
+    with pytest.raises(ValueError) as error:
+        build_model(name, 10, **args)
+    assert message in str(error.value)
+
+
+def test_check_args_names_what_each_builder_takes():
+    from models import check_args
+
+    check_args("resnet5m", {"row": 1, "blocks": [1, 1, 1, 1]})  # forwarded to cifar_resnet
+    for name, args, message in [
+        ("kth_resnet_b", {"stagez": [1]}, "kth_resnet_b does not take ['stagez']; it takes dropout, l2, stages, widths"),
+        ("resnet20", {"depth": 32}, "resnet20 does not take ['depth']; it takes no arguments"),
+        ("resnet5m", {"name": "x"}, "resnet5m does not take ['name']"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            check_args(name, args)
+        assert message in str(error.value)
+
+
 def test_every_registered_model_is_counted():
     assert {row[0] for row in COUNTS} == set(MODELS)
 

@@ -397,7 +397,6 @@ def train(recipe, options):
         source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
                                                  options.seed, options.quick)
         config["transfer_source"] = os.path.abspath(source_path)
-    record.write_json(os.path.join(run_dir, "config.json"), config)
 
     normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
     train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
@@ -416,7 +415,14 @@ def train(recipe, options):
         elif recipe.transfer:
             model = transfer.transfer_model(source_path, data.num_classes)
         else:
-            model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+            try:
+                model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+            except (ValueError, TypeError) as error:
+                raise RunError(f"model_args {json.dumps(recipe.model_args)} do not build "
+                               f"{recipe.model}: {error}") from None
+    # Written once the network builds, so that a run refused here leaves no record
+    # that a corrected rerun would have to match.
+    record.write_json(os.path.join(run_dir, "config.json"), config)
     transfer.set_backbone_trainable(model, True)
     params = count_params(model)
 

@@ -12,7 +12,7 @@ import json
 from data.augment import Augmenter
 from data.mixing import Mixer
 from data.noise import validate_noise
-from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS
+from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalizer
 from training import schedules
 from training.optimizers import MOMENTUM_FIELDS, OPTIMIZERS, STYLES
 
@@ -73,11 +73,16 @@ OPTIONAL_KEYS = {
 }
 
 
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
 # A --set that switches a kind drops the old kind's own fields, which the new kind
 # would refuse as unread: (the fields that may go, the fields each new value reads).
 SWITCHES = {
     ("schedule", "kind"): (set(schedules.RULES), schedules.FIELDS),
     ("optimizer", "name"): ({"momentum", "nesterov"}, MOMENTUM_FIELDS),
+    ("normalization", "kind"): ({"stats", "scale_bug"}, {
+        kind: {"channel": ("stats",), "per_pixel": ("scale_bug",)}.get(kind, ())
+        for kind in NORMALIZATION_KINDS}),
 }
 
 
@@ -160,13 +165,20 @@ def _apply(recipe, assignment):
 
 def validate(recipe):
     """Raises RecipeError naming the first field that cannot run."""
-    from models import MODELS
+    from models import MODELS, check_args
 
     def need(condition, message):
         if not condition:
             raise RecipeError(message)
 
     need(recipe.model in MODELS, f"model: unknown network {recipe.model!r}; expected one of {sorted(MODELS)}.")
+    need(isinstance(recipe.model_args, dict), f"model_args must be a dict; got {recipe.model_args!r}.")
+    try:
+        check_args(recipe.model, recipe.model_args)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+    # What best.keras (and early stopping) can follow: columns every epoch logs.
+    need(recipe.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}; got {recipe.monitor!r}.")
     need(isinstance(recipe.epochs, int) and recipe.epochs >= 1,
          f"epochs must be a whole number >= 1; got {recipe.epochs!r}.")
     need(isinstance(recipe.batch_size, int) and recipe.batch_size >= 1,
@@ -215,6 +227,10 @@ def validate(recipe):
     if normalization.get("kind") == "channel":
         need(normalization.get("stats") in CHANNEL_STATS,
              f"normalization.stats must be one of {sorted(CHANNEL_STATS)}; got {normalization.get('stats')!r}.")
+    try:
+        Normalizer(**normalization)  # checks the fields the kind reads, as the run will
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
     need(isinstance(recipe.augment, list), f"augment must be a list of ops; got {recipe.augment!r}.")
     for field, check in (("augment", Augmenter), ("mixup", lambda v: v and Mixer(**v)),
                          ("noise", lambda v: v and validate_noise(v, recipe.dataset))):
@@ -233,5 +249,18 @@ def validate(recipe):
         need(isinstance(head_lr, (int, float)) and head_lr > 0,
              f"transfer.head_learning_rate must be a number > 0; got {head_lr!r}.")
     if recipe.early_stopping is not None:
-        need(isinstance(recipe.early_stopping, dict),
-             f"early_stopping must be null or a dict; got {recipe.early_stopping!r}.")
+        stopping = recipe.early_stopping
+        need(isinstance(stopping, dict), f"early_stopping must be null or a dict; got {stopping!r}.")
+        unknown = sorted(set(stopping) - OPTIONAL_KEYS["early_stopping"])
+        need(not unknown, f"early_stopping does not take {unknown}; it takes "
+                          f"{', '.join(sorted(OPTIONAL_KEYS['early_stopping']))}.")
+        monitor, patience = stopping.get("monitor", "val_loss"), stopping.get("patience", 0)
+        min_delta, mode = stopping.get("min_delta", 0), stopping.get("mode", "auto")
+        need(monitor in MONITORS,
+             f"early_stopping.monitor must be one of {', '.join(MONITORS)}; got {monitor!r}.")
+        need(isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0,
+             f"early_stopping.patience must be a whole number of epochs >= 0; got {patience!r}.")
+        need(isinstance(min_delta, (int, float)) and not isinstance(min_delta, bool) and min_delta >= 0,
+             f"early_stopping.min_delta must be a number >= 0; got {min_delta!r}.")
+        need(mode in ("auto", "min", "max"),
+             f"early_stopping.mode must be auto, min or max; got {mode!r}.")
