@@ -211,9 +211,8 @@ def _read_split(reader, names, spec, label_key, num_classes):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_local(data_dir, dataset="cifar10", label_mode="fine"):
-    """Reads a local copy of the pickle release (folder or .tar.gz)."""
-    spec = _spec(dataset, label_mode)
+def _locate(data_dir, spec):
+    """The reader of `spec`'s files in a local copy, or DataError saying what to fetch."""
     path = os.path.expanduser(str(data_dir))
     if not os.path.exists(path):
         raise DataError(f"--data-dir {path} does not exist. " + _how_to_fix(spec))
@@ -230,6 +229,13 @@ def load_local(data_dir, dataset="cifar10", label_mode="fine"):
             f"No {spec.name} found in {path}: expected '{spec.folder}/' or "
             f"'{spec.archive}' there. " + _how_to_fix(spec)
         )
+    return reader
+
+
+def load_local(data_dir, dataset="cifar10", label_mode="fine"):
+    """Reads a local copy of the pickle release (folder or .tar.gz)."""
+    spec = _spec(dataset, label_mode)
+    reader = _locate(data_dir, spec)
     label_key = spec.label_keys[label_mode]
     num_classes = spec.num_classes[label_mode]
     x_train, y_train = _read_split(reader, spec.train_files, spec, label_key, num_classes)
@@ -268,6 +274,16 @@ def load_cifar(dataset="cifar10", data_dir=None, label_mode="fine"):
     if data_dir:
         return load_local(data_dir, dataset, label_mode)
     return _load_keras(dataset, label_mode)
+
+
+def ensure_available(dataset="cifar10", data_dir=None, label_mode="fine"):
+    """Raises DataError now, not in a later worker, if `dataset` cannot be read: a
+    local copy is found (not read); keras.datasets downloads it once into its cache."""
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        _locate(data_dir, _spec(dataset, label_mode))
+    else:
+        _load_keras(dataset, label_mode)
 
 
 def split_validation(x, y, count, seed):

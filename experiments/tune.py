@@ -388,6 +388,12 @@ def main(argv=None):
         base = apply_overrides(EXPERIMENTS[SEARCHES[args.search].base], args.set)
     except RecipeError as error:
         return fail(str(error), USAGE_ERROR)
+    from data.cifar import DataError, ensure_available
+
+    try:  # before any trial starts: a trial that cannot load its data is left "running"
+        ensure_available(base.dataset, args.data_dir, base.label_mode)
+    except DataError as error:
+        return fail(str(error), RUN_ERROR)
     os.makedirs(search_dir(args), exist_ok=True)
     if args.workers:
         failure = run_distributed(args, argv)

@@ -67,7 +67,7 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
     assert recipe.optimizer["name"] == best_trial["hyperparameters"]["optimizer"]
 
 
-def test_budget_rejects_configurations_before_training(tmp_path):
+def test_budget_rejects_configurations_before_training(shared_cifar10, tmp_path):
     """Every configuration of a space made only of large networks is rejected before
     training, and the search ends with a clear message."""
     directory = str(tmp_path)
@@ -79,7 +79,7 @@ def test_budget_rejects_configurations_before_training(tmp_path):
         "'model_args.dropout=' + str(hp.Choice('dropout', [0.0, 0.1]))]\n"
         "s.SEARCHES['resnet_budget'] = s.Search('resnet_budget', 'resnet5m_row6', big, s.BUDGET)\n"
         f"sys.argv = [{TUNE!r}, 'resnet_budget', '--max-trials', '2', '--quick', "
-        f"'--data-dir', '/nonexistent', '--directory', {directory!r}]\n"
+        f"'--data-dir', {shared_cifar10!r}, '--directory', {directory!r}]\n"
         f"runpy.run_path({TUNE!r}, run_name='__main__')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -138,3 +138,11 @@ def test_two_workers_share_the_trials(shared_cifar10, tmp_path):
 def test_unknown_search_suggests_names():
     result = tune("optimiser")
     assert result.returncode == 2 and "Did you mean: optimizer" in result.stderr
+
+
+def test_missing_data_stops_the_search_before_any_trial(tmp_path):
+    result = tune("optimizer", *FAST, "--data-dir", str(tmp_path / "missing"),
+                  "--directory", str(tmp_path / "searches"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "cifar-10-python.tar.gz" in result.stderr and "--data-dir" in result.stderr
+    assert not os.path.exists(tmp_path / "searches" / "optimizer")
