@@ -193,6 +193,16 @@ def test_a_new_schedule_kind_keeps_only_the_fields_it_takes():
         apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=cosine", "schedule.t_max=abc"])
 
 
+@pytest.mark.parametrize("edit, message", [
+    ('label_mode="coarse"', "label_mode must be one of fine for cifar10"),
+    ("eval_batch_size=0", "eval_batch_size must be a whole number >= 1"),
+])
+def test_fields_the_data_reads_are_checked_before_it_loads(edit, message):
+    with pytest.raises(RecipeError, match=message):
+        apply_override(EXPERIMENTS["resnet_deep"], edit)
+    assert apply_override(EXPERIMENTS["resnet_cifar100"], 'label_mode="coarse"').label_mode == "coarse"
+
+
 def test_normalization_fields_are_checked_as_the_run_reads_them():
     recipe = apply_overrides(EXPERIMENTS["mobilenetv2"], ["normalization.kind=per_image"])
     assert recipe.normalization == {"kind": "per_image"}  # channel's stats are dropped

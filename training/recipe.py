@@ -10,6 +10,7 @@ import difflib
 import json
 
 from data.augment import Augmenter
+from data.cifar import DATASETS
 from data.mixing import Mixer
 from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalizer
@@ -189,6 +190,12 @@ def validate(recipe):
          f"train_images must be a whole number >= 0; got {recipe.train_images!r}.")
     need(recipe.dataset in ("cifar10", "cifar100"),
          f"dataset must be cifar10 or cifar100; got {recipe.dataset!r}.")
+    label_modes = sorted(DATASETS[recipe.dataset].label_keys)
+    need(recipe.label_mode in label_modes,
+         f"label_mode must be one of {', '.join(label_modes)} for {recipe.dataset}; "
+         f"got {recipe.label_mode!r}.")
+    need(isinstance(recipe.eval_batch_size, int) and recipe.eval_batch_size >= 1,
+         f"eval_batch_size must be a whole number >= 1; got {recipe.eval_batch_size!r}.")
     need(0.0 <= recipe.label_smoothing < 1.0,
          f"label_smoothing must lie in [0, 1); got {recipe.label_smoothing!r}.")
     optimizer = recipe.optimizer
