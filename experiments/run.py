@@ -146,11 +146,14 @@ def main(argv=None):
         recipes = resolve(args)
     except (LookupError, RecipeError) as error:
         return fail(str(error).strip("'\""), USAGE_ERROR)
-    options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
-                         deterministic=args.deterministic, distribute=args.distribute,
-                         precision=args.precision, input_threads=args.input_threads,
-                         data_dir=args.data_dir, quick=args.quick,
-                         verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
+                             deterministic=args.deterministic, distribute=args.distribute,
+                             precision=args.precision, input_threads=args.input_threads,
+                             data_dir=args.data_dir, quick=args.quick,
+                             verbose=1 if sys.stdout.isatty() else 2)
+    except RunError as error:
+        return fail(str(error), USAGE_ERROR)
     for index, recipe in enumerate(recipes, 1):
         if len(recipes) > 1:
             print(f"== {args.name}: experiment {index} of {len(recipes)}: {recipe.name}", flush=True)

@@ -381,6 +381,8 @@ def main(argv=None):
             return fail(f"{flag} must be at least 1; got {value}.", USAGE_ERROR)
     if args.workers < 0:
         return fail(f"--workers must be >= 0; got {args.workers}.", USAGE_ERROR)
+    if not 0 <= args.seed < 2**32:
+        return fail(f"--seed must be a whole number in [0, 2**32); got {args.seed}.", USAGE_ERROR)
     from experiments.recipes import EXPERIMENTS
     from training.recipe import RecipeError, apply_overrides
 

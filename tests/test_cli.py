@@ -79,6 +79,20 @@ def test_set_edits_are_checked_together(tmp_path):
     assert "--data-dir" in result.stderr and "schedule" not in result.stderr
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--run-id", "../escaped", "--run-id must be a folder name"),
+    ("--run-id", "a/b", "--run-id must be a folder name"),
+    ("--seed", "-1", "--seed must be a whole number in [0, 2**32)"),
+])
+def test_bad_run_options_are_refused_before_anything_is_written(tmp_path, flag, value, message):
+    out = tmp_path / "runs"
+    result = run("cnn_baseline", "--quick", "--data-dir", str(tmp_path / "missing"),
+                 "--output-dir", str(out), flag, value)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not os.path.exists(out)
+    assert not os.path.exists(tmp_path / "escaped")
+
+
 def test_no_data_gives_one_clear_message(tmp_path):
     result = run("cnn_baseline", "--quick", "--data-dir", str(tmp_path / "missing"),
                  "--output-dir", str(tmp_path / "runs"))

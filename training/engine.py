@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -57,6 +58,16 @@ class RunOptions:
     precision: str = "fp32"  # fp32 | bf16 | fp16: Keras mixed precision (variables stay float32)
     input_threads: int = 0  # threads building training batches; 0: half the cores, 1-8
     verbose: int = 1  # Keras progress bar
+
+    def __post_init__(self):
+        # The run id names one folder under output_dir/<experiment>/: "../x" would put the
+        # record outside it, and "a/b" where the report does not look for runs.
+        if self.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}",
+                                                        str(self.run_id)):
+            raise RunError(f"--run-id must be a folder name of letters, digits, '.', '_' and "
+                           f"'-' (not starting with '.'); got {self.run_id!r}.")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise RunError(f"--seed must be a whole number in [0, 2**32); got {self.seed!r}.")
 
 
 class RunError(RuntimeError):
