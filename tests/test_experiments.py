@@ -189,6 +189,11 @@ def test_a_new_schedule_kind_keeps_only_the_fields_it_takes():
     assert recipe.schedule == {"kind": "cosine", "t_max": 30}
     with pytest.raises(RecipeError, match=r"schedule 'exponential' needs \['gamma'\]"):
         apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=exponential"])
+    # He et al.'s boundaries count optimizer steps: they are not carried into epochs.
+    with pytest.raises(RecipeError, match=r"schedule 'step' needs \['boundaries'\]"):
+        apply_overrides(EXPERIMENTS["resnet20"], ["schedule.kind=step"])
+    recipe = apply_overrides(EXPERIMENTS["resnet20"], ["schedule.kind=step", "schedule.boundaries=[100,150]"])
+    assert recipe.schedule == {"kind": "step", "boundaries": [100, 150]}
     with pytest.raises(RecipeError, match="schedule.t_max must be a number of epochs > 0; got 'abc'"):
         apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=cosine", "schedule.t_max=abc"])
 

@@ -77,13 +77,13 @@ OPTIONAL_KEYS = {
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 # A --set that switches a kind drops the old kind's own fields, which the new kind
-# would refuse as unread: (the fields that may go, the fields each new value reads).
+# would refuse as unread: (the fields that may go, (old, new) -> the fields kept).
 SWITCHES = {
-    ("schedule", "kind"): (set(schedules.RULES), schedules.FIELDS),
-    ("optimizer", "name"): ({"momentum", "nesterov"}, MOMENTUM_FIELDS),
-    ("normalization", "kind"): ({"stats", "scale_bug"}, {
-        kind: {"channel": ("stats",), "per_pixel": ("scale_bug",)}.get(kind, ())
-        for kind in NORMALIZATION_KINDS}),
+    ("schedule", "kind"): (set(schedules.RULES), schedules.carried_fields),
+    ("optimizer", "name"): ({"momentum", "nesterov"},
+                            lambda old, new: MOMENTUM_FIELDS.get(new, ())),
+    ("normalization", "kind"): ({"stats", "scale_bug"}, lambda old, new: {
+        "channel": ("stats",), "per_pixel": ("scale_bug",)}.get(new, ())),
 }
 
 
@@ -156,9 +156,9 @@ def _apply(recipe, assignment):
                 raise RecipeError(f"--set {key}: expected a whole number, got {text!r}.")
             value = int(value)
     switch = SWITCHES.get(tuple(path))
-    if switch and value != old and value in switch[1]:
-        droppable, reads = switch
-        for field in (set(target) & droppable) - set(reads[value]):
+    if switch and value != old:
+        droppable, kept = switch
+        for field in (set(target) & droppable) - set(kept(old, value)):
             del target[field]
     target[leaf] = value
     return Recipe.from_dict(data)

@@ -152,6 +152,16 @@ def lr_at(epoch, spec, base_lr, epochs):
     raise ValueError(f"{kind!r} is not an epoch-based schedule; expected one of {EPOCH_KINDS}.")
 
 
+def carried_fields(old_kind, new_kind):
+    """What a switch of kind keeps: the fields the new kind reads, except boundaries
+    (and their values) between step_iterations, which counts optimizer steps, and a
+    kind that counts epochs."""
+    fields = set(FIELDS.get(new_kind, ()))
+    if "step_iterations" in (old_kind, new_kind):
+        fields -= {"boundaries", "values"}
+    return fields
+
+
 def validate(spec, epochs):
     """Raises ValueError naming the first field of `spec` that cannot run."""
     kind = spec.get("kind")
