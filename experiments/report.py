@@ -233,13 +233,21 @@ def results_markdown(summary, problems, searches=()):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs", help="folder of run records (default runs/)")
+    # The defaults are the repository's own folders, where run.py and tune.py write,
+    # whatever the working directory.
+    parser.add_argument("--runs", default=os.path.join(ROOT, "runs"),
+                        help="folder of run records (default runs/)")
     parser.add_argument("--searches", default=os.path.join(ROOT, "searches"),
                         help="folder of tune.py searches (default searches/)")
-    parser.add_argument("--out", default="reports", help="where RESULTS.md and figures/ go")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=os.path.join(ROOT, "reports"),
+                        help="where RESULTS.md and figures/ go (default reports/)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from plots.report_figures import write_figures
 
     runs, problems = load_runs(args.runs)

@@ -172,6 +172,18 @@ def test_report_without_runs_still_writes_the_schedules(tmp_path):
     assert os.path.exists(os.path.join(out, "figures", "lr_schedules_000.png"))
 
 
+def test_report_defaults_are_the_folders_run_py_writes(tmp_path, monkeypatch):
+    """Run from another working directory, the report still reads the repository's runs/
+    and searches/ (where run.py and tune.py write) and writes its reports/."""
+    from experiments import report, run, tune
+
+    monkeypatch.chdir(tmp_path)
+    defaults = report.parse_args([])
+    assert defaults.runs == run.parse_args(["resnet20"]).output_dir
+    assert defaults.searches == tune.parse_args(["optimizer"]).directory
+    assert defaults.out == os.path.join(ROOT, "reports")
+
+
 def test_precision_comparison_passes_recipe_edits_and_summarises_seeds(tmp_path, monkeypatch):
     """benchmarks/precision_accuracy.py: each (precision, seed) goes to run.py with the
     given --set edits; the report holds each run, the means, the spreads and whether
