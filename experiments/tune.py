@@ -376,8 +376,8 @@ def main(argv=None):
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         return fail(f"unknown search {args.search!r}.{hint} Searches: {', '.join(SEARCHES)}.",
                     USAGE_ERROR)
-    for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs or 1)):
-        if value < 1:
+    for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs)):
+        if value is not None and value < 1:  # --epochs 0 is not "the recipe's epochs"
             return fail(f"{flag} must be at least 1; got {value}.", USAGE_ERROR)
     if args.workers < 0:
         return fail(f"--workers must be >= 0; got {args.workers}.", USAGE_ERROR)
@@ -396,7 +396,11 @@ def main(argv=None):
         ensure_available(base.dataset, args.data_dir, base.label_mode)
     except DataError as error:
         return fail(str(error), RUN_ERROR)
-    os.makedirs(search_dir(args), exist_ok=True)
+    try:
+        os.makedirs(search_dir(args), exist_ok=True)
+    except OSError as error:
+        return fail(f"cannot write the search to {search_dir(args)} ({error.strerror}); pass "
+                    f"--directory with a writable folder.", RUN_ERROR)
     if args.workers:
         failure = run_distributed(args, argv)
         if failure is not None:

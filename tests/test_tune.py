@@ -146,3 +146,17 @@ def test_missing_data_stops_the_search_before_any_trial(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "cifar-10-python.tar.gz" in result.stderr and "--data-dir" in result.stderr
     assert not os.path.exists(tmp_path / "searches" / "optimizer")
+
+
+def test_zero_epochs_and_an_unwritable_directory_are_refused(shared_cifar10, tmp_path):
+    """--epochs 0 used to mean "the recipe's epochs" (a full ResNet-20 trial); a
+    --directory that is a file ended in a NotADirectoryError traceback."""
+    result = tune("optimizer", "--epochs", "0", "--data-dir", shared_cifar10,
+                  "--directory", str(tmp_path / "searches"), timeout=120)
+    assert result.returncode == 2 and "--epochs must be at least 1; got 0" in result.stderr
+    assert not os.path.exists(tmp_path / "searches")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = tune("optimizer", *FAST, "--data-dir", shared_cifar10, "--directory", str(not_a_folder))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "pass --directory with a writable folder" in result.stderr
