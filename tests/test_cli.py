@@ -99,6 +99,13 @@ def test_no_data_gives_one_clear_message(tmp_path):
     assert result.returncode == 1
     assert "cifar-10-python.tar.gz" in result.stderr and "--data-dir" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "runs")  # the folders it made are gone again
+    kept = tmp_path / "runs" / "cnn_baseline" / "seed0-quick" / "notes.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("mine")
+    result = run("cnn_baseline", "--quick", "--data-dir", str(tmp_path / "missing"),
+                 "--output-dir", str(tmp_path / "runs"))
+    assert result.returncode == 1 and kept.read_text() == "mine"  # one that was there stays
 
 
 def test_quick_run_writes_the_whole_run_record(shared_cifar10, tmp_path):

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 
@@ -277,6 +278,29 @@ def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
     return base_lr
 
 
+@contextlib.contextmanager
+def _removed_if_refused(run_dir):
+    """The folders a new run creates are removed again if it stops before its
+    config.json is written (no data, a network that does not build), so a refused
+    start leaves no empty runs/<experiment>/<run-id> for report.py to list as a
+    skipped record. A folder that was there before stays."""
+    created, path = [], os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(created[0], ignore_errors=True)  # only this run has written there
+            for folder in created[1:]:  # the experiment's and output folders, if now empty
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+        raise
+
+
 def _check_existing(run_dir, config):
     """Refuses to mix a changed recipe into an existing run; says how to start fresh."""
     path = os.path.join(run_dir, "config.json")
@@ -382,58 +406,61 @@ def train(recipe, options):
     if warning:  # only where something will train
         print(warning, file=sys.stderr)
 
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w") as stream:
-            stream.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise RunError(f"Cannot write the run record to {run_dir} ({error.strerror}); "
-                       f"pass --output-dir with a writable folder.") from None
+    with _removed_if_refused(run_dir):
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            probe = os.path.join(run_dir, ".write-test")
+            with open(probe, "w") as stream:
+                stream.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise RunError(f"Cannot write the run record to {run_dir} ({error.strerror}); "
+                           f"pass --output-dir with a writable folder.") from None
 
-    data, train_split, val_split, test_split = _prepare_data(recipe, options)
-    val_is_test = not recipe.val_split
-    config.update(data_source=data.source, train_images=len(train_split[0]),
-                  validation_images=len(val_split[0]),
-                  validation="test set" if val_is_test else f"{recipe.val_split} held-out training images")
-    noise_summary, flipped = {}, None
-    if recipe.noise:
-        true_train_labels = train_split[1]
-        train_split, flipped, noise_summary = _apply_noise(
-            recipe.noise, options.seed, run_dir, train_split, data.num_classes)
-        config.update(noise_summary)
-    source_path = None
-    if recipe.transfer:
-        source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
-                                                 options.seed, options.quick)
-        config["transfer_source"] = os.path.abspath(source_path)
+        data, train_split, val_split, test_split = _prepare_data(recipe, options)
+        val_is_test = not recipe.val_split
+        config.update(data_source=data.source, train_images=len(train_split[0]),
+                      validation_images=len(val_split[0]),
+                      validation="test set" if val_is_test
+                      else f"{recipe.val_split} held-out training images")
+        noise_summary, flipped = {}, None
+        if recipe.noise:
+            true_train_labels = train_split[1]
+            train_split, flipped, noise_summary = _apply_noise(
+                recipe.noise, options.seed, run_dir, train_split, data.num_classes)
+            config.update(noise_summary)
+        source_path = None
+        if recipe.transfer:
+            source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
+                                                     options.seed, options.quick)
+            config["transfer_source"] = os.path.abspath(source_path)
 
-    normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
-    train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
-                                                  val_split, data.num_classes)
+        normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
+        train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
+                                                      val_split, data.num_classes)
 
-    keras.utils.set_random_seed(options.seed)
-    if options.deterministic:
-        _enable_determinism()
-    stages = _stages(recipe)
-    head_path = os.path.join(run_dir, "head.keras")
-    # Variables are created (mirrored or sharded) by the strategy, under the precision's policy.
-    with placement.scope(), precision_policy(options.precision):
-        if recipe.transfer and os.path.exists(head_path):
-            model = keras.models.load_model(head_path, compile=False)
-            stages = [stage for stage in stages if stage[0] != "head"]
-        elif recipe.transfer:
-            model = transfer.transfer_model(source_path, data.num_classes)
-        else:
-            try:
-                model = build_model(recipe.model, data.num_classes, **recipe.model_args)
-            except (ValueError, TypeError) as error:
-                raise RunError(f"model_args {json.dumps(recipe.model_args)} do not build "
-                               f"{recipe.model}: {error}") from None
-    # Written once the network builds, so that a run refused here leaves no record
-    # that a corrected rerun would have to match.
-    record.write_json(os.path.join(run_dir, "config.json"), config)
+        keras.utils.set_random_seed(options.seed)
+        if options.deterministic:
+            _enable_determinism()
+        stages = _stages(recipe)
+        head_path = os.path.join(run_dir, "head.keras")
+        # Variables are created (mirrored or sharded) by the strategy, under the
+        # precision's policy.
+        with placement.scope(), precision_policy(options.precision):
+            if recipe.transfer and os.path.exists(head_path):
+                model = keras.models.load_model(head_path, compile=False)
+                stages = [stage for stage in stages if stage[0] != "head"]
+            elif recipe.transfer:
+                model = transfer.transfer_model(source_path, data.num_classes)
+            else:
+                try:
+                    model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+                except (ValueError, TypeError) as error:
+                    raise RunError(f"model_args {json.dumps(recipe.model_args)} do not build "
+                                   f"{recipe.model}: {error}") from None
+        # Written once the network builds, so that a run refused here leaves no record
+        # that a corrected rerun would have to match.
+        record.write_json(os.path.join(run_dir, "config.json"), config)
     transfer.set_backbone_trainable(model, True)
     params = count_params(model)
 
