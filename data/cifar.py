@@ -153,9 +153,11 @@ class _ArchiveReader:
             self.archive = tarfile.open(path, "r:*")
             self.members = {m.name: m for m in self.archive.getmembers()}
         except (tarfile.TarError, EOFError, OSError) as error:
+            # tarfile lists every compression it tried, a line each: the first line says it.
+            reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
             raise DataError(
                 f"{path} is not a readable .tar.gz (corrupt or truncated: "
-                f"{error}). Download it again."
+                f"{reason}). Download it again."
             ) from None
 
     def read(self, name):

@@ -95,6 +95,16 @@ def test_truncated_archive(cifar10_dir, tmp_path):
         load_cifar("cifar10", tar)
 
 
+def test_a_file_that_is_no_archive_gets_a_one_line_message(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    with pytest.raises(DataError) as raised:
+        load_cifar("cifar10", str(path))
+    message = str(raised.value)
+    assert "\n" not in message and "is not a readable .tar.gz" in message
+    assert "Download it again" in message
+
+
 @pytest.mark.parametrize("field, value, message", [
     (b"data", np.zeros((4, 100), np.uint8), "3072"),
     (b"labels", [0, 1, 2, 99], r"\[0, 9\]"),
