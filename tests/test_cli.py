@@ -63,6 +63,9 @@ def test_unknown_experiment_suggests_close_names():
     ("monitor=val_acc", "monitor must be one of val_accuracy, val_loss"),
     ("early_stopping.patience=abc", "early_stopping.patience must be a whole number"),
     ("early_stopping.monitor=acc", "early_stopping.monitor must be one of"),
+    ("optimizer.learning_rate=Infinity", "numbers must be finite; got 'Infinity'"),
+    ("optimizer.weight_decay=1e400", "numbers must be finite"),
+    ("schedule.values=[0.1,NaN,0.001]", "numbers must be finite"),
 ])
 def test_bad_set_edits_name_the_key_and_the_allowed_values(edit, message):
     result = run("resnet_deep", "--set", edit)

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 
 from data.augment import Augmenter
 from data.cifar import DATASETS
@@ -87,11 +88,24 @@ SWITCHES = {
 }
 
 
-def _parse_value(text):
+def _parse_value(key, text):
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         return text
+    # JSON as Python reads it takes NaN, Infinity and 1e400; no recipe number is
+    # meant to be any of them (a learning rate of Infinity trained to a NaN loss).
+    if not all(math.isfinite(number) for number in _numbers(value)):
+        raise RecipeError(f"--set {key}: numbers must be finite; got {text!r}.")
+    return value
+
+
+def _numbers(value):
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, (list, dict)):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _numbers(item)
 
 
 def _type_name(value):
@@ -120,7 +134,7 @@ def _apply(recipe, assignment):
         raise RecipeError(f"--set expects key=value; got {assignment!r}.")
     key, text = assignment.split("=", 1)
     path = key.strip().split(".")
-    value = _parse_value(text.strip())
+    value = _parse_value(key.strip(), text.strip())
     data = recipe.to_dict()
     top_fields = list(data)
     if path[0] not in data:
