@@ -15,7 +15,9 @@ the same batch, precision and threads, alternating, after warm-up steps.
 Inference is `model.predict` over NumPy images against a `torch.no_grad()`
 eval-mode loop that takes the same NumPy batches and returns NumPy logits. Peak
 memory is measured in a child process per framework and network: peak resident
-memory during a few training steps, above what the process held before them. Writes JSON and a markdown table of ratios into reports/.
+memory during a few training steps, above what the process held before them; on
+a GPU, the peak of the framework's own device allocator over those steps.
+Writes JSON and a markdown table of ratios into reports/.
 """
 
 import argparse
@@ -712,6 +714,8 @@ def memory_child(framework, experiment, precision, steps, batch=BATCH):
     import threading
 
     case = Case(experiment, precision, steps, batch)
+    if case.device == "cuda":  # the step's memory is the GPU's; the host's barely moves
+        return device_peak_mb(framework, case)
     before = resident_mb()
     peak = [before]
     done = threading.Event()
@@ -730,6 +734,41 @@ def memory_child(framework, experiment, precision, steps, batch=BATCH):
     done.set()
     sampler.join()
     return max(peak[0], resident_mb()) - before
+
+
+def device_peak_mb(framework, case):
+    """On a GPU: the peak of the allocator the framework trains through, above what
+    it held before the steps. Both allocators count the bytes they hand out, not
+    what they reserve (JAX reserves most of the GPU when it starts). JAX's peak
+    cannot be reset, so a higher peak while the models were built would count
+    too; a training step's activations are far larger than the weights."""
+    import keras
+
+    torch = case.torch
+    if framework == "keras" and keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.local_devices()[0]
+        before = device.memory_stats()["bytes_in_use"]
+        case.keras_train()
+        return (device.memory_stats()["peak_bytes_in_use"] - before) / 2**20
+    if framework == "keras" and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("GPU:0")
+        before = tf.config.experimental.get_memory_info("GPU:0")["current"]
+        case.keras_train()
+        return (tf.config.experimental.get_memory_info("GPU:0")["peak"] - before) / 2**20
+    # PyTorch itself, or Keras on its backend: torch's caching allocator.
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    if framework == "keras":
+        case.keras_train()
+    else:
+        case.torch_train(torch.channels_last)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def memory(framework, experiment, precision, steps, default_malloc, batch=BATCH):
@@ -875,7 +914,9 @@ def table(result):
                               f"{torch_speedup:.2f}x" for name, (keras_speedup, torch_speedup, rounds)
                               in speedups.items()) + "."]
     lines += ["", "Ratios are Keras / PyTorch (above 1: Keras is faster; for memory, above 1: "
-              "Keras uses more); a ratio's median is followed, where there were several rounds, "
+              "Keras uses more; peak memory is resident memory on a CPU, the framework's "
+              "device allocator on a GPU, over a few training steps in a child process); "
+              "a ratio's median is followed, where there were several rounds, "
               "by the range of the rounds' own ratios (each round times both frameworks). "
               "Targets: train and inference ratio >= 1.0, memory ratio <= 1.5, "
               "bf16 training >= 1.5x fp32.", "", "## What was tried", ""]

@@ -136,3 +136,56 @@ def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(json.loads(again.read_text())["merged_from"]) == 3
     assert "Joined from 3 runs of this setting" in (tmp_path / "again.md").read_text()
+
+
+def test_gpu_peak_memory_is_the_allocators_peak_over_the_training_steps(monkeypatch):
+    """On a GPU the benchmark reads each framework's device allocator: PyTorch's
+    caching allocator (peak reset before the steps) and, for Keras on JAX, the
+    device's peak above what was in use before. Fake allocators stand in for a GPU."""
+    import types
+
+    import keras
+
+    from benchmarks import throughput
+
+    mib = 2**20
+    events = []
+
+    class FakeCuda:
+        allocated, peak = 100 * mib, 500 * mib
+
+        def synchronize(self):
+            events.append("synchronize")
+
+        def reset_peak_memory_stats(self):
+            FakeCuda.peak = FakeCuda.allocated
+
+        def memory_allocated(self):
+            return FakeCuda.allocated
+
+        def max_memory_allocated(self):
+            return FakeCuda.peak
+
+    def torch_train(layout):
+        events.append(("torch_train", layout))
+        FakeCuda.peak = FakeCuda.allocated + 300 * mib  # the steps' activations
+
+    stats = {"bytes_in_use": 40 * mib, "peak_bytes_in_use": 90 * mib}  # 90: model building
+    device = types.SimpleNamespace(memory_stats=lambda: dict(stats))
+
+    def keras_train():
+        events.append("keras_train")
+        stats["peak_bytes_in_use"] = 40 * mib + 250 * mib
+
+    case = types.SimpleNamespace(
+        torch=types.SimpleNamespace(cuda=FakeCuda(), channels_last="channels_last"),
+        torch_train=torch_train, keras_train=keras_train)
+    # The peak left from before the steps (500 MiB) is reset, not counted.
+    assert throughput.device_peak_mb("torch", case) == 300
+    assert ("torch_train", "channels_last") in events and events[-1] == "synchronize"
+
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax, "local_devices", lambda: [device])
+    assert throughput.device_peak_mb("keras", case) == 250
+    assert events[-1] == "keras_train"
