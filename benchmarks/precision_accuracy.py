@@ -37,8 +37,11 @@ def run_one(args, precision, seed):
         command += ["--set", assignment]
     print("$", " ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
-        raise SystemExit(f"error: the {run_id} run failed; its record is in "
-                         f"{os.path.join(args.output_dir, args.experiment, run_id)}. "
+        run_dir = os.path.join(args.output_dir, args.experiment, run_id)
+        if not os.path.exists(os.path.join(run_dir, "config.json")):  # refused: bad data or edits
+            raise SystemExit(f"error: the {run_id} run did not start (run.py says why above); "
+                             f"fix that and rerun this command.")
+        raise SystemExit(f"error: the {run_id} run failed; its record is in {run_dir}. "
                          f"Rerun this command to resume it.")
     metrics = record.read_json(os.path.join(args.output_dir, args.experiment, run_id,
                                             "metrics.json"))

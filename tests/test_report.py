@@ -226,3 +226,16 @@ def test_precision_comparison_passes_recipe_edits_and_summarises_seeds(tmp_path,
     assert bf16["difference_from_fp32"] == pytest.approx(0.0) and bf16["within_noise"] is True
     table = (tmp_path / "precision.md").read_text()
     assert "Recipe edits: schedule.boundaries=[10,20]." in table and "| bf16 | 1 | 0.8300 |" in table
+
+
+def test_precision_comparison_says_when_a_run_did_not_start(tmp_path):
+    """A run refused before it starts (here: no data) leaves no record to point at."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "precision_accuracy.py"),
+         "--data-dir", str(tmp_path / "missing"), "--seeds", "0", "--precision", "fp32",
+         "--output-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "precision.json")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "cifar-10-python.tar.gz" in result.stderr  # run.py's own message
+    assert "the fp32-seed0 run did not start" in result.stderr
+    assert not os.path.exists(tmp_path / "precision.json")
