@@ -73,29 +73,34 @@ def listing(as_json):
 
     import keras
 
-    rows, counted = [], _PARAMETER_COUNTS
-    for recipe in EXPERIMENTS.values():
-        num_classes = DATASETS[recipe.dataset].num_classes[recipe.label_mode]
-        key = (recipe.model, json.dumps(recipe.model_args, sort_keys=True), num_classes)
-        if key not in counted:
-            counted[key] = count_params(build_model(recipe.model, num_classes, **recipe.model_args))
-            keras.backend.clear_session()
-        trainable, non_trainable = counted[key]
-        rows.append({"name": recipe.name, "paper": recipe.paper, "model": recipe.model,
-                     "model_args": recipe.model_args, "dataset": recipe.dataset,
-                     "trainable_params": trainable, "non_trainable_params": non_trainable,
-                     "paper_accuracy": recipe.paper_accuracy, "paper_source": recipe.paper_source,
-                     "epochs": recipe.epochs, "notes": recipe.notes})
+    def rows():
+        counted = _PARAMETER_COUNTS
+        for recipe in EXPERIMENTS.values():
+            num_classes = DATASETS[recipe.dataset].num_classes[recipe.label_mode]
+            key = (recipe.model, json.dumps(recipe.model_args, sort_keys=True), num_classes)
+            if key not in counted:
+                counted[key] = count_params(build_model(recipe.model, num_classes,
+                                                        **recipe.model_args))
+                keras.backend.clear_session()
+            trainable, non_trainable = counted[key]
+            yield {"name": recipe.name, "paper": recipe.paper, "model": recipe.model,
+                   "model_args": recipe.model_args, "dataset": recipe.dataset,
+                   "trainable_params": trainable, "non_trainable_params": non_trainable,
+                   "paper_accuracy": recipe.paper_accuracy, "paper_source": recipe.paper_source,
+                   "epochs": recipe.epochs, "notes": recipe.notes}
+
     if as_json:
-        print(json.dumps(rows, indent=2))  # groups are in the text listing
+        print(json.dumps(list(rows()), indent=2))  # groups are in the text listing
         return 0
-    print(f"{'experiment':<22} {'paper':<7} {'model':<20} {'trainable':>11} {'paper acc':>9}")
-    for row in rows:
+    # Each row as soon as its network is built and counted (some 40 networks: ~20 s in all).
+    print(f"{'experiment':<22} {'paper':<7} {'model':<20} {'trainable':>11} {'paper acc':>9}",
+          flush=True)
+    for row in rows():
         accuracy = f"{row['paper_accuracy']:.2f}%" if row["paper_accuracy"] is not None else "-"
         print(f"{row['name']:<22} {row['paper']:<7} {row['model']:<20} "
-              f"{row['trainable_params']:>11,} {accuracy:>9}")
+              f"{row['trainable_params']:>11,} {accuracy:>9}", flush=True)
         if row["notes"]:
-            print(f"{'':<22} note: {row['notes']}")
+            print(f"{'':<22} note: {row['notes']}", flush=True)
     print("\ngroups:")
     for group, members in GROUPS.items():
         print(f"  {group}: {' -> '.join(members)}")
