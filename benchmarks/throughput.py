@@ -744,15 +744,15 @@ def device_peak_mb(framework, case):
     too; a training step's activations are far larger than the weights."""
     import keras
 
-    torch = case.torch
-    if framework == "keras" and keras.backend.backend() == "jax":
+    allocator = keras.backend.backend() if framework == "keras" else "torch"
+    if allocator == "jax":
         import jax
 
         device = jax.local_devices()[0]
         before = device.memory_stats()["bytes_in_use"]
         case.keras_train()
         return (device.memory_stats()["peak_bytes_in_use"] - before) / 2**20
-    if framework == "keras" and keras.backend.backend() == "tensorflow":
+    if allocator == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.reset_memory_stats("GPU:0")
@@ -760,6 +760,7 @@ def device_peak_mb(framework, case):
         case.keras_train()
         return (tf.config.experimental.get_memory_info("GPU:0")["peak"] - before) / 2**20
     # PyTorch itself, or Keras on its backend: torch's caching allocator.
+    torch = case.torch
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
