@@ -29,6 +29,7 @@ def run_one(args, precision, seed):
     from training import record
 
     run_id = f"{precision}-seed{seed}"
+    run_dir = os.path.join(args.output_dir, args.experiment, run_id)
     command = [sys.executable, RUN, args.experiment, "--data-dir", args.data_dir,
                "--output-dir", args.output_dir, "--run-id", run_id, "--seed", str(seed),
                "--epochs", str(args.epochs), "--precision", precision,
@@ -37,14 +38,12 @@ def run_one(args, precision, seed):
         command += ["--set", assignment]
     print("$", " ".join(command), flush=True)
     if subprocess.run(command).returncode != 0:
-        run_dir = os.path.join(args.output_dir, args.experiment, run_id)
         if not os.path.exists(os.path.join(run_dir, "config.json")):  # refused: bad data or edits
             raise SystemExit(f"error: the {run_id} run did not start (run.py says why above); "
                              f"fix that and rerun this command.")
         raise SystemExit(f"error: the {run_id} run failed; its record is in {run_dir}. "
                          f"Rerun this command to resume it.")
-    metrics = record.read_json(os.path.join(args.output_dir, args.experiment, run_id,
-                                            "metrics.json"))
+    metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
     return {"precision": precision, "seed": seed,
             "test_accuracy": metrics["final_test_accuracy"],
             "images_per_second": metrics["train_images_per_second"],
