@@ -37,6 +37,13 @@ def _label(run):
     return run.experiment + ("" if run.kind == "full" else f" ({run.kind})")
 
 
+def _not_full(title, plotted):
+    """The title, with a second line naming the kinds of run among `plotted` that did not
+    train the full recipe (their curves and points are not the papers' setting)."""
+    kinds = sorted({run.kind.split(":")[0] for run in plotted if run.kind != "full"})
+    return title + (f"\n(includes {', '.join(kinds)} runs, not the full recipe)" if kinds else "")
+
+
 def _percent(value):
     return None if value is None else round(100.0 * value, 4)
 
@@ -47,7 +54,12 @@ def group_curves(chosen, out):
         members = [chosen[name] for name in GROUPS[group] if name in chosen]
         if not members:
             continue
-        for key, ylabel in (("val_accuracy", "test accuracy (%)"), ("val_loss", "test cross-entropy loss")):
+        # The papers validate on the test set; a run with --val-split held out training images.
+        on_test = {run.metrics.get("validation_is_test", True) for run in members}
+        held = ("test" if on_test == {True} else "held-out validation" if on_test == {False}
+                else "validation (test or held-out, see RESULTS.md)")
+        for key, ylabel in (("val_accuracy", f"{held} accuracy (%)"),
+                            ("val_loss", f"{held} cross-entropy loss")):
             series = []
             for index, run in enumerate(members):
                 scale = 100.0 if key == "val_accuracy" else 1.0
@@ -98,13 +110,15 @@ def noise_figures(runs, out):
                            "style": {"marker": marker, "linestyle": style, "color": PALETTE[index],
                                      "markerfacecolor": face}})
     paths.append(line_chart(os.path.join(out, "noise_sweep.png"),
-                            "Label noise (ResNet-C, paper 004): test accuracy against noise rate",
+                            _not_full("Label noise (ResNet-C, paper 004): test accuracy against noise rate",
+                                      noisy.values()),
                             "noise rate (fraction of training labels changed)", "test accuracy (%)",
                             series))
-    memorisation = []
+    memorisation, memorised = [], []
     for index, ((kind, rate), run) in enumerate(sorted(noisy.items())):
         if rate == 0 or "flipped_true_accuracy" not in run.history[0]:
             continue  # nothing was flipped
+        memorised.append(run)
         epochs = [row["epoch"] + 1 for row in run.history]
         color = PALETTE[index % len(PALETTE)]
         memorisation.append({"label": f"{kind} {rate}: true labels", "x": epochs,
@@ -116,7 +130,7 @@ def noise_figures(runs, out):
     if memorisation:
         paths.append(line_chart(
             os.path.join(out, "noise_memorisation.png"),
-            "Memorisation: accuracy on the flipped training images", "epoch",
+            _not_full("Memorisation: accuracy on the flipped training images", memorised), "epoch",
             "accuracy on flipped images (%)", memorisation))
     return paths
 
@@ -128,7 +142,8 @@ def resnet5m_scatter(runs, chosen, out):
     params = [chosen[name].metrics["trainable_params"] / 1e6 for name in rows]
     return [line_chart(
         os.path.join(out, "resnet5m_accuracy_vs_params.png"),
-        "ResNet5M (paper 001): accuracy against parameters", "trainable parameters (millions)",
+        _not_full("ResNet5M (paper 001): accuracy against parameters", [chosen[name] for name in rows]),
+        "trainable parameters (millions)",
         "test accuracy (%)",
         [{"label": "ours (best epoch, mean over runs)", "x": params,
           "y": [mean_percent(runs, chosen[name], "best_test_accuracy") for name in rows],

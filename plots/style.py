@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training machines
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 COLORS = {"train": "#1f77b4", "validation": "#d62728", "paper": "#2ca02c", "best": "#ff7f0e"}
 
@@ -17,6 +18,8 @@ def figure(title, xlabel, ylabel, size=(6.4, 4.2)):
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
+    if xlabel == "epoch":  # no ticks between epochs (1.2, 1.4, ...) on short runs
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return fig, axes
 
 

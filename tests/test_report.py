@@ -172,6 +172,34 @@ def test_report_without_runs_still_writes_the_schedules(tmp_path):
     assert os.path.exists(os.path.join(out, "figures", "lr_schedules_000.png"))
 
 
+def test_figures_say_which_set_validated_and_which_runs_were_not_full(tmp_path):
+    runs, out = str(tmp_path / "runs"), str(tmp_path / "reports")
+    for name in ("norm_batch", "norm_layer"):  # trained with --val-split
+        metrics_path = os.path.join(write_record(runs, name, "seed0", 0.8, 0.79), "metrics.json")
+        metrics = json.load(open(metrics_path))
+        record.write_json(metrics_path, {**metrics, "validation_is_test": False})
+    write_record(runs, "cnn_baseline", "seed0", 0.7, 0.69)
+    write_record(runs, "noisy_labels_symmetric0", "seed0", 0.9, 0.89, noise=("symmetric", 0.0))
+    write_record(runs, "noisy_labels_symmetric60", "seed0-quick", 0.2, 0.2, epochs=2, quick=True,
+                 noise=("symmetric", 0.6))
+    write_record(runs, "resnet5m_row6", "seed0", 0.95, 0.949)
+    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--searches",
+                             str(tmp_path / "none"), "--out", out], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def figure(name):
+        with open(os.path.join(out, "figures", name + ".json")) as stream:
+            return json.load(stream)
+
+    assert figure("norm_comparison_accuracy")["ylabel"] == "held-out validation accuracy (%)"
+    assert figure("norm_comparison_loss")["ylabel"] == "held-out validation cross-entropy loss"
+    assert figure("cnn_progression_accuracy")["ylabel"] == "test accuracy (%)"
+    # A quick run among the plotted points is named in the title; all-full figures say nothing.
+    assert figure("noise_sweep")["title"].endswith("\n(includes quick runs, not the full recipe)")
+    assert figure("noise_memorisation")["title"].endswith("(includes quick runs, not the full recipe)")
+    assert "\n" not in figure("resnet5m_accuracy_vs_params")["title"]
+
+
 def test_report_defaults_are_the_folders_run_py_writes(tmp_path, monkeypatch):
     """Run from another working directory, the report still reads the repository's runs/
     and searches/ (where run.py and tune.py write) and writes its reports/."""
