@@ -41,16 +41,20 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="KerasTuner searches over the suite's recipes.")
     parser.add_argument("search", nargs="?", help="search name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the searches")
-    parser.add_argument("--tuner", default="random", choices=TUNERS)
+    parser.add_argument("--tuner", default="random", choices=TUNERS,
+                        help="KerasTuner's oracle (default: random)")
     parser.add_argument("--max-trials", type=int, default=20,
-                        help="trials to run (random, bayesian); hyperband sizes itself")
-    parser.add_argument("--epochs", type=int, help="epochs per trial (hyperband: the maximum)")
-    parser.add_argument("--directory", default=os.path.join(ROOT, "searches"))
+                        help="trials to run (random, bayesian; default 20); hyperband sizes itself")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs per trial (hyperband: the maximum); default: the base recipe's")
+    parser.add_argument("--directory", default=os.path.join(ROOT, "searches"),
+                        help="where searches go (default: searches/); rerun to resume")
     parser.add_argument("--data-dir", help="local CIFAR copy: folder or .tar.gz")
     parser.add_argument("--quick", action="store_true", help="each trial as run.py --quick")
     parser.add_argument("--workers", type=int, default=0,
                         help="run N worker processes against a chief oracle on this machine")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the oracle and of every trial's run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="edit the base recipe for every trial, as run.py's --set")
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # internal: one trial's process
