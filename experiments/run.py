@@ -159,6 +159,7 @@ def main(argv=None):
                              verbose=1 if sys.stdout.isatty() else 2)
     except RunError as error:
         return fail(str(error), USAGE_ERROR)
+    failed = []
     for index, recipe in enumerate(recipes, 1):
         if len(recipes) > 1:
             print(f"== {args.name}: experiment {index} of {len(recipes)}: {recipe.name}", flush=True)
@@ -167,7 +168,13 @@ def main(argv=None):
         except (DataError, RecipeError) as error:
             return fail(str(error), USAGE_ERROR if isinstance(error, RecipeError) else RUN_ERROR)
         except (RunError, TransferError) as error:
-            return fail(str(error), RUN_ERROR)
+            if len(recipes) == 1:
+                return fail(str(error), RUN_ERROR)
+            # One network's failure (a NaN loss, say) does not cost a group's later,
+            # often days-long, members their night: the rest train and the exit code says.
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            failed.append(recipe.name)
+            continue
         except KeyboardInterrupt:
             return fail("interrupted; rerun the same command to resume.", 130)
         best = metrics.get("best_val_accuracy")
@@ -176,6 +183,10 @@ def main(argv=None):
         print(f"{recipe.name}: best validation accuracy "
               f"{best:.4f} at epoch {metrics['best_epoch'] + 1}" if best is not None else
               f"{recipe.name}: finished")
+    if failed:
+        return fail(f"{args.name}: {len(failed)} of {len(recipes)} experiments failed "
+                    f"({', '.join(failed)}; the reasons are above and in each run's status.json); "
+                    f"the others finished.", RUN_ERROR)
     return 0
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,7 +361,7 @@ def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):
 
 def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
     """norm_comparison is killed while its second member trains; the rerun skips
-    the finished member and completes the rest."""
+    the finished member and completes the rest, past one that fails."""
     out = str(tmp_path)
     args = [sys.executable, RUN, "norm_comparison", "--quick", "--data-dir", shared_cifar10,
             "--output-dir", out]
@@ -372,10 +373,23 @@ def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert os.path.exists(os.path.join(out, "norm_batch", "seed0-quick", "metrics.json"))
+    # The third member cannot start (an unreadable record under its run id): the
+    # group trains the others, then names it and exits non-zero.
+    broken = os.path.join(out, "norm_group", "seed0-quick")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "config.json"), "w") as stream:
+        stream.write("{ half")
+    result = run("norm_comparison", "--quick", "--data-dir", shared_cifar10, "--output-dir", out)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "norm_batch: already completed" in result.stdout
+    assert "norm_instance: best validation accuracy" in result.stdout
+    assert "is unreadable" in result.stderr
+    assert "1 of 4 experiments failed (norm_group;" in result.stderr
+    shutil.rmtree(broken)
     result = run("norm_comparison", "--quick", "--data-dir", shared_cifar10, "--output-dir", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "norm_batch: already completed" in result.stdout
-    assert "experiment 4 of 4: norm_instance" in result.stdout
+    assert "norm_instance: already completed" in result.stdout
+    assert "experiment 3 of 4: norm_group" in result.stdout
     for member in GROUPS["norm_comparison"]:
         run_dir = os.path.join(out, member, "seed0-quick")
         with open(os.path.join(run_dir, "status.json")) as stream:
