@@ -231,12 +231,17 @@ def make_tuner(args):
             super().on_trial_end(trial)
             # Counted from the trial records, so that workers of a distributed search
             # (whose oracle is a client of the chief's) report the whole search.
-            finished = sum(1 for t in collect_results(args) if t["status"] != "running")
-            best = self.oracle.get_best_trials(1)
+            results = collect_results(args)
+            finished = sum(1 for t in results if t["status"] != "running")
+            scores = [t["score"] for t in results if t["score"] is not None]  # trained trials
             total = args.max_trials if args.tuner != "hyperband" else "?"
             score = self.oracle.get_trial(trial.trial_id).score
+            this = next((t for t in results if t["trial_id"] == trial.trial_id), {})
+            if this.get("status") == "over_budget":  # its 0.0 is not an accuracy
+                score = (f"over budget ({this['trainable_params']:,} > {search.budget:,} "
+                         f"parameters), not trained")
             print(f"[{self.tuner_id}] trial {finished} of {total} done: score {score}, "
-                  f"best so far {best[0].score if best else None}, "
+                  f"best so far {max(scores) if scores else 'none trained'}, "
                   f"elapsed {time.time() - self.started:.0f} s", flush=True)
             if os.environ.get("KERASTUNER_TUNER_ID") is None:
                 write_outputs(args)

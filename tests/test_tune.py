@@ -86,6 +86,9 @@ def test_budget_rejects_configurations_before_training(shared_cifar10, tmp_path)
                             timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "over the 5,000,000-parameter budget" in result.stderr
+    # The progress line does not call the oracle's 0.0 a score.
+    assert "done: score over budget (" in result.stdout and "score 0.0" not in result.stdout
+    assert "best so far none trained" in result.stdout
     trials = results(directory, "resnet_budget")
     assert trials and all(t["status"] == "over_budget" and t["trainable_params"] > 5_000_000
                           for t in trials)
