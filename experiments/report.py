@@ -214,16 +214,19 @@ def results_markdown(summary, problems, searches=()):
         lines += ["## Searches (KerasTuner)", "",
                   "Scores are the best validation accuracy of each trial's short training, "
                   "for ranking configurations; they are not reproductions.", "",
-                  "| search | tuner | trials trained | over budget | failed | best % | its parameters "
-                  "| train it in full |", "|---|---|---:|---:|---:|---:|---:|---|"]
+                  "| search | tuner | epochs a trial | trials trained | over budget | failed | best % "
+                  "| its parameters | train it in full |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for search in searches:
             trials = search["trials"]
             trained = [t for t in trials if t["status"] == "completed" and t["score"] is not None]
             count = {status: sum(t["status"] == status for t in trials)
                      for status in ("over_budget", "failed")}
             best = max(trained, key=lambda t: t["score"]) if trained else None
+            epochs = sorted({t["epochs"] for t in trained if t.get("epochs")})  # hyperband: several
+            epochs = ("-" if not epochs else str(epochs[0]) if len(epochs) == 1
+                      else f"{epochs[0]}-{epochs[-1]}") + (" (quick)" if search.get("quick") else "")
             lines.append(
-                f"| {search['search']} | {search.get('tuner', '-')} | {len(trained)} | "
+                f"| {search['search']} | {search.get('tuner', '-')} | {epochs} | {len(trained)} | "
                 f"{count['over_budget']} | {count['failed']} | "
                 + (f"{100 * best['score']:.2f} | {best['trainable_params']:,} | "
                    f"`{search.get('best_command') or '-'}` |" if best else "- | - | - |"))

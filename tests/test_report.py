@@ -117,7 +117,7 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
     assert "cnn_vgg3" in text.split("## Skipped records")[1]
     assert "broken" in text.split("## Skipped records")[1]
     search_row = next(line for line in text.splitlines() if line.startswith("| resnet_budget |"))
-    assert "| random | 4 | 1 | 1 | 80.00 | 4,000,000 |" in search_row
+    assert "| random | 2 (quick) | 4 | 1 | 1 | 80.00 | 4,000,000 |" in search_row
     assert "model_args.dropout=0.1" in search_row
 
     figures = os.path.join(out, "figures")
