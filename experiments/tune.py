@@ -314,16 +314,19 @@ def write_outputs(args):
         if not edit.startswith("epochs="))
     record.atomic_write_text(os.path.join(folder, "best_command.txt"), command + "\n")
     order = sorted(completed, key=lambda t: int(t["trial_id"]) if t["trial_id"].isdigit() else 0)
-    line_chart(os.path.join(folder, "score_by_trial.png"), f"{args.search}: score by trial",
-               "trial", "best validation accuracy",
-               [{"label": "trial", "x": [t["trial_id"] for t in order], "y": [t["score"] for t in order],
+    ylabel = "best validation accuracy (%)"  # in percent, as the report's figures
+    quick = " (quick trials)" if args.quick else ""
+    line_chart(os.path.join(folder, "score_by_trial.png"), f"{args.search}: score by trial{quick}",
+               "trial", ylabel,
+               [{"label": "trial", "x": [t["trial_id"] for t in order],
+                 "y": [100 * t["score"] for t in order],
                  "style": {"marker": "o", "linestyle": "none", "color": COLORS["validation"]}}])
     line_chart(os.path.join(folder, "accuracy_vs_params.png"),
-               f"{args.search}: accuracy against parameters"
-               + (f" (budget {search.budget:,})" if search.budget else ""),
-               "trainable parameters (millions)", "best validation accuracy",
+               f"{args.search}: accuracy against parameters{quick}"
+               + (f"\n(budget {search.budget:,})" if search.budget else ""),
+               "trainable parameters (millions)", ylabel,
                [{"label": "trials", "x": [t["trainable_params"] / 1e6 for t in completed],
-                 "y": [t["score"] for t in completed],
+                 "y": [100 * t["score"] for t in completed],
                  "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
                vlines=[(search.budget / 1e6, "budget", COLORS["best"])] if search.budget else ())
     names = sorted({k for t in completed for k in t["hyperparameters"] if not k.startswith("tuner/")})
@@ -331,9 +334,9 @@ def write_outputs(args):
         points = [(t["hyperparameters"][name], t["score"]) for t in completed
                   if name in t["hyperparameters"]]
         x = [str(v) if isinstance(v, (str, bool)) else v for v, _ in points]
-        line_chart(os.path.join(folder, f"hp_{name}.png"), f"{args.search}: {name} against score",
-                   name, "best validation accuracy",
-                   [{"label": "trials", "x": x, "y": [s for _, s in points],
+        line_chart(os.path.join(folder, f"hp_{name}.png"),
+                   f"{args.search}: {name} against score{quick}", name, ylabel,
+                   [{"label": "trials", "x": x, "y": [100 * s for _, s in points],
                      "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}])
     return best
 

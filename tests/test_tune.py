@@ -49,6 +49,10 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
     assert best.count_params() > 0
     for name in ("score_by_trial.png", "accuracy_vs_params.png", "hp_optimizer.png"):
         assert os.path.getsize(os.path.join(folder, name)) > 1000
+    with open(os.path.join(folder, "score_by_trial.json")) as stream:
+        plotted = json.load(stream)  # in percent, as the report's figures
+    assert plotted["ylabel"] == "best validation accuracy (%)"
+    assert sorted(plotted["series"][0]["y"]) == pytest.approx(sorted(100 * t["score"] for t in trials))
     # The best configuration trains with run.py as written.
     from experiments.recipes import EXPERIMENTS
     from training.recipe import apply_override
