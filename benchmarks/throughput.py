@@ -409,16 +409,12 @@ def resident_mb():
 
 def cpu_description():
     """The CPU's model and the vector extensions that decide fp32 and bf16 speed."""
-    try:
-        with open("/proc/cpuinfo") as stream:
-            info = stream.read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    from training.engine import cpu_flags
+    from training.engine import cpu_flags, cpu_model
 
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    model = fields.get("model name\t", "").strip() or platform.machine()
-    flags = cpu_flags() or set()
+    model = cpu_model() or platform.processor() or platform.machine()
+    flags = cpu_flags()
+    if flags is None:
+        return model
     wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
     return f"{model} ({', '.join(flag for flag in wanted if flag in flags) or 'no AVX2'})"
 

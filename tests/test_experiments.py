@@ -329,6 +329,27 @@ def test_16_bit_precision_on_a_cpu_without_its_instructions_is_warned_of():
         assert "sse2" in cpu_flags()
 
 
+@pytest.mark.parametrize("cpuinfo, model, flags", [
+    ("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2\n", "Test CPU 9000", {"fpu", "avx2"}),
+    ("processor\t: 0\nFeatures\t: fp asimd\n", None, None),  # Arm names neither
+])
+def test_the_run_record_names_the_cpu_model(tmp_path, monkeypatch, cpuinfo, model, flags):
+    """A CPU run's device names its model, so that train hours in the report compare
+    like with like."""
+    import builtins
+
+    from training import engine
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(cpuinfo)
+    real_open = builtins.open
+    monkeypatch.setattr(engine, "open", lambda path, *args, **kwargs: real_open(
+        fake if path == "/proc/cpuinfo" else path, *args, **kwargs), raising=False)
+    assert engine.cpu_model() == model and engine.cpu_flags() == flags
+    expected = f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores, "
+    assert engine.device_description().startswith(expected)  # the suite's tests run on a CPU
+
+
 def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):
     from conftest import write_cifar10, write_cifar100
 

@@ -90,23 +90,35 @@ HALF_PRECISION_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16", "avx_ne_convert"),
                         "fp16": ("avx512_fp16", "amx_fp16", "avx_ne_convert")}
 
 
-def cpu_flags():
-    """The x86 CPU's feature flags from /proc/cpuinfo, or None where there are none
-    to read (another OS, or an Arm CPU, whose file names them differently)."""
+def _cpuinfo_field(name):
+    """The first `name` line's value in /proc/cpuinfo, or None (another OS, or an
+    Arm CPU, whose file names its fields differently)."""
     try:
         with open("/proc/cpuinfo") as stream:
             for line in stream:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
     return None
 
 
+def cpu_flags():
+    """The x86 CPU's feature flags from /proc/cpuinfo, or None where there are none to read."""
+    flags = _cpuinfo_field("flags")
+    return None if flags is None else set(flags.split())
+
+
+def cpu_model():
+    """The CPU's model name ("AMD EPYC 7B13"), or None where /proc/cpuinfo does not say."""
+    return _cpuinfo_field("model name") or None
+
+
 def precision_warning(precision, device, flags):
     """A warning where `precision` would compute in 16 bits on a CPU that has no
-    instructions for it (`device` as device_description words it: "CPU (2 cores,
-    x86_64)", or JAX's "1 x cpu (cpu)"); None otherwise."""
+    instructions for it (`device` as device_description words it: "CPU (AMD EPYC,
+    2 cores, x86_64)" or "1 x NVIDIA H100 80GB HBM3 (gpu)"); None otherwise."""
     wanted = HALF_PRECISION_FLAGS.get(precision)
     on_cpu = "cpu" in device.lower()
     if not wanted or not on_cpu or flags is None or flags & set(wanted):
@@ -168,7 +180,8 @@ def device_description():
             import jax
 
             devices = jax.devices()
-            return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
+            if devices[0].platform != "cpu":  # JAX's CPU devices say only "cpu"
+                return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
         if backend == "torch":
             import torch
 
@@ -178,11 +191,15 @@ def device_description():
             import tensorflow as tf
 
             gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                return f"{len(gpus)} x GPU ({gpus[0].name})"
+            if gpus:  # the model, not the device path "/physical_device:GPU:0"
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
     except Exception:  # a description only; never stop a run over it
         pass
-    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    # The model: the report's train hours are only comparable on the same CPU.
+    model = cpu_model()
+    return (f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores, "
+            f"{platform.processor() or platform.machine()})")
 
 
 def _enable_determinism():
