@@ -149,6 +149,8 @@ def test_held_out_validation_reports_test_accuracy_separately(shared_cifar10, tm
     assert not metrics["validation_is_test"]
     assert 0 <= metrics["best_test_accuracy"] <= 1 and 0 <= metrics["final_test_accuracy"] <= 1
     assert "50 held-out" in json.load(open(os.path.join(run_dir, "config.json")))["validation"]
+    with open(os.path.join(run_dir, "accuracy.json")) as stream:
+        assert [line["label"] for line in json.load(stream)["series"]] == ["train", "validation (held out)"]
 
 
 COMMAND = ["cnn_baseline", "--epochs", "40", "--set", "train_images=64", "--batch-size", "32"]

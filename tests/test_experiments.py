@@ -272,6 +272,9 @@ def test_noisy_labels_quick_run_records_the_noise(shared_cifar10, tmp_path):
         assert 0 <= float(row["flipped_true_accuracy"]) <= 1
         assert 0 <= float(row["flipped_noisy_accuracy"]) <= 1
     assert {"best_test_accuracy", "final_test_accuracy"} <= set(metrics)
+    with open(os.path.join(run_dir, "accuracy.json")) as stream:  # the plot says so
+        plotted = [line["label"] for line in json.load(stream)["series"]]
+    assert plotted == ["train (noisy labels)", "validation (test set)"]
 
 
 def test_mixup_quick_run_logs_the_epoch_gate(shared_cifar10, tmp_path):
@@ -282,6 +285,8 @@ def test_mixup_quick_run_logs_the_epoch_gate(shared_cifar10, tmp_path):
     assert [float(row["mixup"]) for row in rows] == [
         float(mixer.epoch_is_mixed(0, epoch)) for epoch in range(2)]
     assert float(rows[-1]["mixup"]) == 0.0  # past stop_epoch: the clean phase
+    with open(os.path.join(run_dir, "loss.json")) as stream:
+        assert json.load(stream)["series"][0]["label"] == "train (on mixup batches)"
 
 
 @pytest.mark.parametrize("name, precision", [("modified_resnet", "fp32"),

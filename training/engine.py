@@ -573,8 +573,14 @@ def train(recipe, options):
     metrics["full_recipe_epochs"] = full_epochs
     metrics.update(noise_summary)
     record.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    # The training curves are scored against what trained: mixed or noisy labels.
+    against = [note for note, applies in (
+        ("on mixup batches", recipe.mixup and recipe.mixup.get("p", 1.0) > 0),
+        ("noisy labels", recipe.noise and recipe.noise.get("rate", 0) > 0)) if applies]
+    labels = ("train" + (f" ({', '.join(against)})" if against else ""),
+              "validation (test set)" if val_is_test else "validation (held out)")
     write_run_plots(history, run_dir, recipe.name + (" (quick)" if options.quick else ""),
-                    recipe.monitor)
+                    recipe.monitor, labels)
     record.write_status(run_dir, "completed")
     return metrics
 
