@@ -69,6 +69,22 @@ class Run:
             return f"short: {epochs_run} of {full_epochs} epochs"
         return "full"
 
+    @property
+    def precision(self):
+        return self.config.get("precision", "fp32")  # records from before --precision: fp32
+
+    @property
+    def group(self):
+        """The runs averaged into one row: one experiment and kind, at one precision,
+        validated on the same set (the test set's best epoch is the optimistic one)."""
+        return (self.experiment, self.kind, self.precision,
+                bool(self.metrics.get("validation_is_test", True)))
+
+
+def _distinct(values):
+    """Each value once, in order of first appearance, joined (a row's hardware and backends)."""
+    return ", ".join(dict.fromkeys(str(value) for value in values))
+
 
 def load_runs(runs_dir):
     """(runs, problems): every completed run record, and a line per skipped folder."""
@@ -122,12 +138,12 @@ def _format(mean, std, n):
 
 
 def summarise(runs):
-    """One row per (experiment, kind): means over its runs."""
+    """One row per Run.group (experiment, kind, precision, validation set): means over its runs."""
     rows = {}
     for run in runs:
-        rows.setdefault((run.experiment, run.kind), []).append(run)
+        rows.setdefault(run.group, []).append(run)
     summary = []
-    for (experiment, kind), members in rows.items():
+    for (experiment, kind, precision, validation_is_test), members in rows.items():
         recipe = EXPERIMENTS.get(experiment)
         final_mean, final_std = _mean_std([_percent(r.metrics.get("final_test_accuracy")) for r in members])
         best_mean, best_std = _mean_std([_percent(r.metrics.get("best_test_accuracy")) for r in members])
@@ -136,6 +152,7 @@ def summarise(runs):
             "experiment": experiment,
             "paper": recipe.paper if recipe else members[0].config.get("recipe", {}).get("paper", "?"),
             "kind": kind,
+            "precision": precision,
             "n": len(members),
             "run_ids": [r.run_id for r in members],
             "trainable_params": members[0].metrics.get("trainable_params"),
@@ -143,16 +160,17 @@ def summarise(runs):
             "recipe_epochs": recipe.epochs if recipe else members[0].metrics.get("full_recipe_epochs"),
             "final_test_accuracy": final_mean, "final_test_std": final_std,
             "best_test_accuracy": best_mean, "best_test_std": best_std,
-            "validation_is_test": all(r.metrics.get("validation_is_test") for r in members),
+            "validation_is_test": validation_is_test,
             "paper_accuracy": paper,
             "paper_source": members[0].metrics.get("paper_source", ""),
             "gap": (best_mean - paper) if (kind == "full" and paper is not None and best_mean is not None) else None,
             "wall_hours": statistics.fmean(r.metrics.get("train_seconds", 0.0) for r in members) / 3600,
-            "hardware": members[0].config.get("device") or members[0].config.get("platform", "?"),
-            "backend": members[0].config.get("backend", "?"),
+            "hardware": _distinct(r.config.get("device") or r.config.get("platform", "?") for r in members),
+            "backend": _distinct(r.config.get("backend", "?") for r in members),
         })
     order = {name: index for index, name in enumerate(EXPERIMENTS)}
-    summary.sort(key=lambda row: (order.get(row["experiment"], len(order)), row["kind"] != "full"))
+    summary.sort(key=lambda row: (order.get(row["experiment"], len(order)), row["kind"] != "full",
+                                  row["precision"] != "fp32", not row["validation_is_test"]))
     return summary
 
 
@@ -185,7 +203,9 @@ def results_markdown(summary, problems, searches=()):
              "test-set percentages: *final* is the last epoch, *best* the epoch the recipe's "
              "checkpoint kept. Where the test set also validated (the papers' convention) "
              "the best epoch was chosen on it, so *best* is optimistic; *val = test* says so. "
-             "Several runs of one experiment show mean ± standard deviation over n runs. "
+             "Several runs of one experiment (of one kind, at one precision, validated on the "
+             "same set) show mean ± standard deviation over n runs; a precision other than fp32 "
+             "is named beside the kind. "
              "Only rows marked **full** ran the paper's recipe to its end; quick, short or "
              "modified runs are listed for what they are and get no gap.", ""]
     by_paper = {}
@@ -198,6 +218,7 @@ def results_markdown(summary, problems, searches=()):
                   "|---|---|---:|---:|---|---:|---:|---|---:|---|---:|---:|---|---|"]
         for row in by_paper[paper]:
             kind = "**full**" if row["kind"] == "full" else row["kind"]
+            kind += f" ({row['precision']})" if row["precision"] != "fp32" else ""
             params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-"
             paper_value = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
             gap = f"{row['gap']:+.2f}" if row["gap"] is not None else "-"

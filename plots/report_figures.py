@@ -19,22 +19,24 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def representative(runs):
-    """One run per experiment: a full run if any, then the longest, then the first id."""
+    """One run per experiment: a full run if any, in the papers' setting (fp32, the
+    test set validating) if any, then the longest, then the first id."""
     chosen = {}
-    for run in sorted(runs, key=lambda r: (r.kind != "full", -len(r.history), r.run_id)):
+    for run in sorted(runs, key=lambda r: (r.kind != "full", r.group[2:] != ("fp32", True),
+                                           -len(r.history), r.run_id)):
         chosen.setdefault(run.experiment, run)
     return chosen
 
 
 def mean_percent(runs, run, key):
-    """The mean of `key` over the runs of `run`'s experiment and kind, in percent."""
-    values = [r.metrics.get(key) for r in runs
-              if r.experiment == run.experiment and r.kind == run.kind and r.metrics.get(key) is not None]
+    """The mean of `key` over the runs averaged with `run` (its report row), in percent."""
+    values = [r.metrics.get(key) for r in runs if r.group == run.group and r.metrics.get(key) is not None]
     return round(100.0 * sum(values) / len(values), 4) if values else None
 
 
 def _label(run):
-    return run.experiment + ("" if run.kind == "full" else f" ({run.kind})")
+    notes = [note for note in (run.kind, run.precision) if note not in ("full", "fp32")]
+    return run.experiment + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _not_full(title, plotted):

@@ -267,3 +267,33 @@ def test_precision_comparison_says_when_a_run_did_not_start(tmp_path):
     assert "cifar-10-python.tar.gz" in result.stderr  # run.py's own message
     assert "the fp32-seed0 run did not start" in result.stderr
     assert not os.path.exists(tmp_path / "precision.json")
+
+
+def test_runs_are_averaged_only_with_runs_of_the_same_setting(tmp_path):
+    """bf16 runs and runs validated on a held-out split get rows of their own, so no
+    mean mixes them into the papers' setting (fp32, the test set validating)."""
+    from experiments import report
+
+    runs = str(tmp_path / "runs")
+    write_record(runs, "cnn_baseline", "seed0", 0.70, 0.69)
+    write_record(runs, "cnn_baseline", "seed1", 0.72, 0.71)
+    edits = {"bf16": ({"precision": "bf16", "backend": "torch"}, {}),
+             "held": ({}, {"validation_is_test": False})}
+    for run_id, (config_edit, metrics_edit) in edits.items():
+        folder = write_record(runs, "cnn_baseline", run_id, 0.50, 0.50)
+        for name, edit in (("config.json", config_edit), ("metrics.json", metrics_edit)):
+            path = os.path.join(folder, name)
+            record.write_json(path, {**record.read_json(path), **edit})
+    loaded, problems = report.load_runs(runs)
+    assert not problems
+    rows = {(row["precision"], row["validation_is_test"]): row for row in report.summarise(loaded)}
+    assert set(rows) == {("fp32", True), ("bf16", True), ("fp32", False)}
+    assert rows[("fp32", True)]["n"] == 2 and rows[("fp32", True)]["best_test_accuracy"] == pytest.approx(71.0)
+    assert rows[("bf16", True)]["backend"] == "torch" and rows[("bf16", True)]["n"] == 1
+    text = report.results_markdown(report.summarise(loaded), [])
+    assert "| cnn_baseline | **full** (bf16) | 1 |" in text
+    # The figures' means follow the rows: the bf16 run is not in the fp32 bar.
+    from plots.report_figures import mean_percent, representative
+
+    chosen = representative(loaded)["cnn_baseline"]
+    assert chosen.precision == "fp32" and mean_percent(loaded, chosen, "best_test_accuracy") == pytest.approx(71.0)
