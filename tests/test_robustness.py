@@ -193,3 +193,47 @@ def test_plateau_counters_survive_a_resume(tmp_path):
     resumed.set_model(model)
     resumed.on_train_begin()
     assert (resumed.best, resumed.wait) == (pytest.approx(0.9), first.wait) and first.wait == 3
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped one
+def test_ctrl_c_that_python_drops_still_stops_training():
+    """A SIGINT whose KeyboardInterrupt lands in a finalizer is printed as ignored and
+    dropped by Python; InterruptGuard (as the engine enters it around fit) still stops
+    training at the next batch, and puts Python's handler back."""
+    import keras
+
+    from callbacks import InterruptGuard
+
+    class DroppedInterrupt:
+        def __del__(self):  # the handler runs in here, so its exception is "ignored"
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+
+    class Batches(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.started = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.started.append(batch)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                DroppedInterrupt()  # collected at once
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((8, 4), "float32"), np.zeros((8, 2), "float32")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        unguarded = Batches()  # Python alone: the interrupt is lost, every batch runs
+        model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=[unguarded])
+        assert unguarded.started == list(range(8))
+        guard, guarded = InterruptGuard(), Batches()
+        with pytest.raises(KeyboardInterrupt), guard:
+            model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=[guard, guarded])
+        assert guarded.started == [0, 1, 2]  # stopped as batch 3 began
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

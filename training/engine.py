@@ -28,7 +28,8 @@ import time
 import keras
 import numpy as np
 
-from callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, Memorisation
+from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, InterruptGuard,
+                       Memorisation)
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
 from data.mixing import Mixer
@@ -510,7 +511,8 @@ def train(recipe, options):
         best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
         threshold = best_so_far[0] if best_so_far else None
 
-        callback_list = [EpochSync(train_batches)]
+        interrupt_guard = InterruptGuard()
+        callback_list = [interrupt_guard, EpochSync(train_batches)]
         callback_list += schedules.schedule_callbacks(schedule, base_lr, recipe.epochs,
                                                       state_dir=backup_dir)
         callback_list += [
@@ -527,7 +529,7 @@ def train(recipe, options):
             AtomicBackupAndRestore(backup_dir),
         ]
         try:
-            with placement.scope():
+            with placement.scope(), interrupt_guard:
                 model.fit(train_batches, validation_data=val_batches, initial_epoch=first_epoch,
                           epochs=end_epoch, callbacks=callback_list, shuffle=False,
                           verbose=options.verbose)
