@@ -18,7 +18,7 @@ class InterruptGuard(keras.callbacks.Callback):
     arrives. Inside a garbage-collection callback or a __del__ (JAX registers
     such a callback; backend objects have finalizers) it is printed as
     "Exception ignored" and dropped, and training went on to its last epoch
-    (seen on a loaded machine, about one Ctrl-C in ten). Entered around `fit`,
+    (seen on a loaded machine, in one of six tries). Entered around `fit`,
     the guard's handler also remembers the signal, and the next batch or epoch
     raises it from here. Only *_begin hooks: they run in the main thread, and a
     *_batch_end hook would turn off Keras's asynchronous callback dispatch."""

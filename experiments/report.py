@@ -74,11 +74,14 @@ class Run:
         return self.config.get("precision", "fp32")  # records from before --precision: fp32
 
     @property
+    def validation_is_test(self):
+        return bool(self.metrics.get("validation_is_test", True))
+
+    @property
     def group(self):
         """The runs averaged into one row: one experiment and kind, at one precision,
         validated on the same set (the test set's best epoch is the optimistic one)."""
-        return (self.experiment, self.kind, self.precision,
-                bool(self.metrics.get("validation_is_test", True)))
+        return (self.experiment, self.kind, self.precision, self.validation_is_test)
 
 
 def _distinct(values):

@@ -22,7 +22,7 @@ def representative(runs):
     """One run per experiment: a full run if any, in the papers' setting (fp32, the
     test set validating) if any, then the longest, then the first id."""
     chosen = {}
-    for run in sorted(runs, key=lambda r: (r.kind != "full", r.group[2:] != ("fp32", True),
+    for run in sorted(runs, key=lambda r: (r.kind != "full", (r.precision, r.validation_is_test) != ("fp32", True),
                                            -len(r.history), r.run_id)):
         chosen.setdefault(run.experiment, run)
     return chosen
@@ -57,7 +57,7 @@ def group_curves(chosen, out):
         if not members:
             continue
         # The papers validate on the test set; a run with --val-split held out training images.
-        on_test = {run.metrics.get("validation_is_test", True) for run in members}
+        on_test = {run.validation_is_test for run in members}
         held = ("test" if on_test == {True} else "held-out validation" if on_test == {False}
                 else "validation (test or held-out, see RESULTS.md)")
         for key, ylabel in (("val_accuracy", f"{held} accuracy (%)"),
