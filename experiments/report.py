@@ -264,13 +264,23 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # The defaults are the repository's own folders, where run.py and tune.py write,
     # whatever the working directory.
-    parser.add_argument("--runs", default=os.path.join(ROOT, "runs"),
-                        help="folder of run records (default runs/)")
-    parser.add_argument("--searches", default=os.path.join(ROOT, "searches"),
-                        help="folder of tune.py searches (default searches/)")
+    parser.add_argument("--runs", help="folder of run records (default runs/)")
+    parser.add_argument("--searches", help="folder of tune.py searches (default searches/)")
     parser.add_argument("--out", default=os.path.join(ROOT, "reports"),
                         help="where RESULTS.md and figures/ go (default reports/)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # A folder named on the command line must exist: a mistyped one would otherwise
+    # replace RESULTS.md with a report of no runs. The default folders may be absent
+    # (nothing trained yet), and the report still gives the papers' numbers and schedules.
+    for option in ("runs", "searches"):
+        folder = getattr(args, option)
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{option} {folder}: no such folder; pass the folder that "
+                         f"{'run.py' if option == 'runs' else 'tune.py'} wrote "
+                         f"(default {option}/).")
+        if folder is None:
+            setattr(args, option, os.path.join(ROOT, option))
+    return args
 
 
 def main(argv=None):

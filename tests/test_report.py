@@ -164,12 +164,35 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
 
 def test_report_without_runs_still_writes_the_schedules(tmp_path):
     out = str(tmp_path / "reports")
-    result = subprocess.run([sys.executable, REPORT, "--runs", str(tmp_path / "nothing"),
-                             "--searches", str(tmp_path / "none"), "--out", out],
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "searches").mkdir()
+    result = subprocess.run([sys.executable, REPORT, "--runs", str(tmp_path / "runs"),
+                             "--searches", str(tmp_path / "searches"), "--out", out],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "no such folder" in result.stderr
+    assert "0 runs of 0 experiments" in result.stdout
     assert os.path.exists(os.path.join(out, "figures", "lr_schedules_000.png"))
+
+
+@pytest.mark.parametrize("option", ["--runs", "--searches"])
+def test_a_mistyped_folder_stops_the_report_and_keeps_the_last_one(tmp_path, option):
+    folders = {"--runs": str(tmp_path / "runs"), "--searches": str(tmp_path / "searches")}
+    write_record(folders["--runs"], "cnn_baseline", "seed0", 0.7, 0.69)
+    os.makedirs(folders["--searches"])
+    out = str(tmp_path / "reports")
+
+    def report():
+        options = [part for name, folder in folders.items() for part in (name, folder)]
+        return subprocess.run([sys.executable, REPORT, "--out", out] + options,
+                              capture_output=True, text=True)
+
+    assert report().returncode == 0
+    before = open(os.path.join(out, "RESULTS.md")).read()
+    folders[option] = str(tmp_path / "typo")
+    result = report()
+    assert result.returncode == 2
+    assert f"{option} {tmp_path / 'typo'}: no such folder" in result.stderr
+    assert open(os.path.join(out, "RESULTS.md")).read() == before
 
 
 def test_figures_say_which_set_validated_and_which_runs_were_not_full(tmp_path):
