@@ -272,14 +272,13 @@ def parse_args(argv):
     # A folder named on the command line must exist: a mistyped one would otherwise
     # replace RESULTS.md with a report of no runs. The default folders may be absent
     # (nothing trained yet), and the report still gives the papers' numbers and schedules.
-    for option in ("runs", "searches"):
+    for option, writer in (("runs", "run.py"), ("searches", "tune.py")):
         folder = getattr(args, option)
-        if folder is not None and not os.path.isdir(folder):
-            parser.error(f"--{option} {folder}: no such folder; pass the folder that "
-                         f"{'run.py' if option == 'runs' else 'tune.py'} wrote "
-                         f"(default {option}/).")
         if folder is None:
             setattr(args, option, os.path.join(ROOT, option))
+        elif not os.path.isdir(folder):
+            parser.error(f"--{option} {folder}: no such folder; pass the folder that {writer} "
+                         f"wrote (default {option}/).")
     return args
 
 
