@@ -152,7 +152,7 @@ NOTES = [
     "...): MobileNetV2 706-742 img/s with the fold alone (PyTorch 527-548 in that process), "
     "936-997 with both (PyTorch 707-740); resnet5m_row6 1.04x, modified_resnet 1.03x and "
     "ResNet-20 1.10x eager PyTorch. "
-    "resnet_deep is pre-activation (each BatchNorm reads an Add or a Dropout), so nothing "
+    "resnet_deep's BatchNorms each read a ReLU (or the input), not a convolution, so nothing "
     "folds there. The PyTorch port (BatchNorm2d and nn.ReLU() as modules of their own) does "
     "neither.",
     "The same fold under mixed precision (computed from the float32 variables, cast to bf16 "
@@ -217,11 +217,11 @@ NOTES = [
     "median): fp32 training ratios moved by 0.1-0.3 between rounds of a run on a loaded "
     "machine (resnet20 0.87-1.20, and 0.66-1.01 in a run while the machine ran 10-15% "
     "slower than in the run before) and by 0.02-0.25 on a quiet one (resnet20 1.00-1.25; "
-    "0.87-1.05 in this report). bf16 over fp32 compared rows timed minutes apart, not "
+    "0.87-1.05 in the 2026-11-23 report). bf16 over fp32 compared rows timed minutes apart, not "
     "paired: resnet20 "
     "1.43x, 1.60x, 1.35x and 1.44x in four runs (PyTorch 1.39x and 1.47x in the last two); "
     "they are now paired by round (below): 1.54x, rounds 1.40-2.49, on the loaded machine; "
-    "1.49x, rounds 1.40-1.51 (PyTorch 1.37x), in this report; 1.41x, rounds 1.22-1.79 "
+    "1.49x, rounds 1.40-1.51 (PyTorch 1.37x), in the 2026-11-23 report; 1.41x, rounds 1.22-1.79 "
     "(PyTorch 1.36x), in a run of ResNet-20 alone with 10 rounds right after it. Per "
     "operator (TorchDispatchMode, 4 steps) its convolutions run 1.5x (backward) and 1.9x "
     "(forward) faster in bf16, but its BatchNorms (16-64 channels, PyTorch's kernel on "
@@ -258,7 +258,7 @@ NOTES = [
     "resnet5m_row6 steps is the backward "
     "pass, the convolutions and BatchNorm. So these five train level with eager PyTorch "
     "(medians 0.97-1.06 in a quiet run, bf16 0.96-1.04; 0.92-0.99 and 0.89-1.00 on a loaded "
-    "machine whose rounds ranged from 0.66 to 1.14; in this report the four besides "
+    "machine whose rounds ranged from 0.66 to 1.14; in the 2026-11-23 report the four besides "
     "MobileNetV2 0.94-1.02, rounds 0.87-1.07, and bf16 0.96-1.05, rounds 0.52-1.24), "
     "and being ahead of it by more than "
     "the noise would take a faster convolution than oneDNN's.",
@@ -319,8 +319,8 @@ NOTES = [
     "fp32 811-859 ms a "
     "step, bf16 474-605 ms in three runs of the same script minutes apart. That spread is "
     "the machine's: a separate benchmark run of MobileNetV2 alone the same day gave bf16 "
-    "1.72x fp32 (rounds 1.46-1.80), the report before this one 1.36x (1.31-2.19), this "
-    "report 1.68x (1.54-1.78).",
+    "1.72x fp32 (rounds 1.46-1.80), the 2026-11-23 report 1.68x (1.54-1.78) "
+    "and the report before it 1.36x (1.31-2.19).",
     "Where ResNet-20's bf16 speed-up stops (per operator, batch 128, channels-last, each "
     "timed alone, medians of 5 alternating repetitions; bf16 over fp32): convolution "
     "forward 1.8-2.0x and input gradient 1.8-2.2x, but kernel gradient only 1.3-1.5x "
@@ -399,6 +399,17 @@ NOTES = [
     "trained at batch 4 1.017x as fast (6 paired rounds, 0.984-1.029), i.e. at 0.89x the "
     "port instead of 0.87x; at batch 128 that is about 0.1% of the step, so it was not "
     "kept.",
+    "The report of 2026-11-25 (one run per network, 5 rounds each, joined with --merge) ran "
+    "on another AVX-512 machine with the same CPU flags (avx512_bf16, no AMX) that took "
+    "0.6-0.7x as many images a second as the one of 2026-11-23 (ResNet-20 fp32 training "
+    "650 against 930 img/s on Keras, 644 against 914 on PyTorch), with the code of that "
+    "report plus the clamp above. Ratios there: fp32 training 0.99-1.13x (se_resnet_mixup "
+    "and resnet5m_row6 0.99x, rounds 0.97-1.02 and 0.97-1.00; modified_resnet 1.00x), "
+    "where the 2026-11-23 report had 0.94-1.12x; inference 1.00-1.33x; bf16 training 1.54x "
+    "fp32 for ResNet-20 (rounds 1.42-1.67; PyTorch 1.50x), 1.62-1.83x for the others. "
+    "The PyTorch port's first inference rounds in a fresh process page-fault while glibc's "
+    "heap grows (2.5 million faults over 8 resnet_deep batches, 85 against 162 img/s once "
+    "warm; Keras 83,000), which the medians of 5 rounds, after the training runs, leave out.",
 ]
 
 
