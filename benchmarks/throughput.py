@@ -402,14 +402,15 @@ NOTES = [
     "The report of 2026-11-25 (one run per network, 5 rounds each, joined with --merge) ran "
     "on another AVX-512 machine with the same CPU flags (avx512_bf16, no AMX) that took "
     "0.6-0.7x as many images a second as the one of 2026-11-23 (ResNet-20 fp32 training "
-    "650 against 930 img/s on Keras, 644 against 914 on PyTorch), with the code of that "
-    "report plus the clamp above. Ratios there: fp32 training 0.99-1.13x (se_resnet_mixup "
+    "650 against 930 img/s on Keras, 644 against 914 on PyTorch), with the training step "
+    "of that report plus the clamp above. Ratios there: fp32 training 0.99-1.13x (se_resnet_mixup "
     "and resnet5m_row6 0.99x, rounds 0.97-1.02 and 0.97-1.00; modified_resnet 1.00x), "
     "where the 2026-11-23 report had 0.94-1.12x; inference 1.00-1.33x; bf16 training 1.54x "
     "fp32 for ResNet-20 (rounds 1.42-1.67; PyTorch 1.50x), 1.62-1.83x for the others. "
-    "The PyTorch port's first inference rounds in a fresh process page-fault while glibc's "
-    "heap grows (2.5 million faults over 8 resnet_deep batches, 85 against 162 img/s once "
-    "warm; Keras 83,000), which the medians of 5 rounds, after the training runs, leave out.",
+    "In a fresh process that has not trained, the PyTorch port's first inference runs "
+    "page-fault while glibc's heap grows (2.5 million faults over 8 resnet_deep batches, 85 "
+    "against 162 img/s once warm; Keras 83,000); in the benchmark, where training runs "
+    "first, resnet_deep's inference rounds stayed within 0.99-1.06x.",
 ]
 
 
