@@ -411,6 +411,22 @@ NOTES = [
     "page-fault while glibc's heap grows (2.5 million faults over 8 resnet_deep batches, 85 "
     "against 162 img/s once warm; Keras 83,000); in the benchmark, where training runs "
     "first, resnet_deep's inference rounds stayed within 0.99-1.06x.",
+    "The two fp32 training ratios under 1.0 in that report, timed again on the same machine "
+    "with more rounds (Case.keras_train against Case.torch_train in channels-last, 6 steps a "
+    "run, 12 paired rounds, alternating which goes first): resnet5m_row6 0.984x (rounds "
+    "0.954-1.054, mean 0.990), se_resnet_mixup 1.004x (0.949-1.056, mean 1.001). "
+    "torch.profiler over resnet5m_row6 training runs (5 steps each, two of them warm-up), "
+    "three of each framework in the order PyTorch, Keras, Keras, PyTorch, PyTorch, Keras, "
+    "in one process: the memory-bound operators moved by up to 2x "
+    "from run to run on both sides (BatchNorm backward 183-451 ms over 5 steps on Keras, "
+    "197-271 on PyTorch; BatchNorm forward 131-581 across both), so one profile's per-operator "
+    "difference is no evidence. The operators that differ in every run: Keras's copies "
+    "between its (h, w, in, out) kernels and oneDNN's layout (aten::copy_, 13-14 ms a "
+    "step against 2.6 for the port), while the port spends 15-18 ms a step in add_ "
+    "(most of it torch.optim's separate weight-decay and momentum updates, which Keras's fused SGD "
+    "does in one pass). Those two about offset each other; with Keras's Python around the "
+    "kernels (under 1% of a step under cProfile, above) what is left is under 1% of this "
+    "1.75 s step and inside the rounds' spread.",
 ]
 
 
