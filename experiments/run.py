@@ -36,7 +36,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
     parser.add_argument("--data-dir", help="local CIFAR copy: folder or .tar.gz")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "runs"),
-                        help="where run records go (default: runs/)")
+                        help="where run records go (default: runs/ in the repository)")
     parser.add_argument("--run-id", help="run folder name (default: seed<N>[-quick])")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="edit the recipe, e.g. optimizer.learning_rate=0.05 (repeatable)")
@@ -142,7 +142,7 @@ def main(argv=None):
         return fail(f"--input-threads must be 0 (half the cores) or more; got {args.input_threads}.",
                     USAGE_ERROR)
 
-    from training.engine import RunError, RunOptions, train
+    from training.engine import RunError, RunOptions, run_directory, train
     from training.recipe import RecipeError
     from training.transfer import TransferError
     from data.cifar import DataError
@@ -180,9 +180,11 @@ def main(argv=None):
         best = metrics.get("best_val_accuracy")
         # Counted from 1, as Keras's progress lines and the plots count epochs
         # (history.csv and metrics.json keep Keras's 0-based index).
-        print(f"{recipe.name}: best validation accuracy "
-              f"{best:.4f} at epoch {metrics['best_epoch'] + 1}" if best is not None else
-              f"{recipe.name}: finished")
+        outcome = (f"best validation accuracy {best:.4f} at epoch {metrics['best_epoch'] + 1}"
+                   if best is not None else "finished")
+        # The record's folder is named: --output-dir defaults to the repository's
+        # runs/, which is not where a user who ran from elsewhere would look.
+        print(f"{recipe.name}: {outcome}; run record in {run_directory(recipe, options)}")
     if failed:
         return fail(f"{args.name}: {len(failed)} of {len(recipes)} experiments failed "
                     f"({', '.join(failed)}; the reasons are above and in each run's status.json); "

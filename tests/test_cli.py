@@ -204,8 +204,9 @@ def test_interrupted_run_resumes_with_each_epoch_once(shared_cifar10, tmp_path, 
         accuracies = [float(r["val_accuracy"]) for r in csv.DictReader(stream)]
     assert metrics["best_val_accuracy"] == pytest.approx(max(accuracies))
     assert metrics["best_epoch"] == accuracies.index(max(accuracies))
-    # The closing line counts epochs from 1, as Keras's progress lines do.
-    assert f"at epoch {metrics['best_epoch'] + 1}\n" in result.stdout
+    # The closing line counts epochs from 1, as Keras's progress lines do, and
+    # names the run record's folder.
+    assert f"at epoch {metrics['best_epoch'] + 1}; run record in {run_dir}\n" in result.stdout
 
 
 def test_changed_recipe_under_an_existing_run_is_refused(shared_cifar10, tmp_path):

@@ -409,6 +409,7 @@ def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "norm_batch: already completed" in result.stdout
     assert "norm_instance: best validation accuracy" in result.stdout
+    assert f"run record in {os.path.join(out, 'norm_instance', 'seed0-quick')}" in result.stdout
     assert "is unreadable" in result.stderr
     assert "1 of 4 experiments failed (norm_group;" in result.stderr
     shutil.rmtree(broken)
