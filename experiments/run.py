@@ -36,7 +36,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
     parser.add_argument("--data-dir", help="local CIFAR copy: folder or .tar.gz")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "runs"),
-                        help="where run records go (default: runs/ in the repository)")
+                        help="where run records go (default: the repository's runs/)")
     parser.add_argument("--run-id", help="run folder name (default: seed<N>[-quick])")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="edit the recipe, e.g. optimizer.learning_rate=0.05 (repeatable)")

@@ -48,7 +48,8 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int,
                         help="epochs per trial (hyperband: the maximum); default: the base recipe's")
     parser.add_argument("--directory", default=os.path.join(ROOT, "searches"),
-                        help="where searches go (default: searches/); rerun to resume")
+                        help="where searches go (default: the repository's searches/); "
+                             "rerun to resume")
     parser.add_argument("--data-dir", help="local CIFAR copy: folder or .tar.gz")
     parser.add_argument("--quick", action="store_true", help="each trial as run.py --quick")
     parser.add_argument("--workers", type=int, default=0,
@@ -443,7 +444,8 @@ def main(argv=None):
         return fail("no trial completed; see the trial folders for the reasons.", RUN_ERROR)
     # Named as its folders are (trial_<id>, KerasTuner's ids count from 0).
     print(f"{args.search}: {len(trials)} trials; best {best['score']:.4f} (trial_{best['trial_id']}, "
-          f"{best['trainable_params']:,} parameters). Train it in full with:\n  "
+          f"{best['trainable_params']:,} parameters); results, plots and trials in "
+          f"{search_dir(args)}. Train it in full with:\n  "
           + open(os.path.join(search_dir(args), "best_command.txt")).read().strip())
     return 0
 

@@ -38,6 +38,7 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
                   "--data-dir", shared_cifar10, "--directory", directory)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "best so far" in result.stdout and "Train it in full with" in result.stdout
+    assert f"results, plots and trials in {os.path.join(directory, 'optimizer')}." in result.stdout
     trials = results(directory)
     assert len(trials) >= (3 if tuner != "hyperband" else 2)
     assert all(t["status"] == "completed" and 0 <= t["score"] <= 1 for t in trials)
