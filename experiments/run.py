@@ -92,15 +92,22 @@ def listing(as_json):
     if as_json:
         print(json.dumps(list(rows()), indent=2))  # groups are in the text listing
         return 0
-    # Each row as soon as its network is built and counted (some 40 networks: ~20 s in all).
-    print(f"{'experiment':<22} {'paper':<7} {'model':<20} {'trainable':>11} {'paper acc':>9}",
-          flush=True)
+    # Each row as soon as its network is built and counted (some 40 networks: ~20 s in all);
+    # the columns are as wide as the longest name, so every row lines up.
+    def width(header, field):
+        return max(len(header), *(len(getattr(recipe, field)) for recipe in EXPERIMENTS.values()))
+
+    name_width, paper_width = width("experiment", "name"), width("paper", "paper")
+    model_width = width("model", "model")
+    print(f"{'experiment':<{name_width}} {'paper':<{paper_width}} {'model':<{model_width}} "
+          f"{'trainable':>11} {'paper acc':>9}", flush=True)
     for row in rows():
         accuracy = f"{row['paper_accuracy']:.2f}%" if row["paper_accuracy"] is not None else "-"
-        print(f"{row['name']:<22} {row['paper']:<7} {row['model']:<20} "
+        print(f"{row['name']:<{name_width}} {row['paper']:<{paper_width}} "
+              f"{row['model']:<{model_width}} "
               f"{row['trainable_params']:>11,} {accuracy:>9}", flush=True)
         if row["notes"]:
-            print(f"{'':<22} note: {row['notes']}", flush=True)
+            print(f"{'':<{name_width}} note: {row['notes']}", flush=True)
     print("\ngroups:")
     for group, members in GROUPS.items():
         print(f"  {group}: {' -> '.join(members)}")

@@ -42,6 +42,15 @@ def test_list_json_counts_come_from_the_built_models():
     assert rows["resnet_cifar100"]["trainable_params"] == 4_355_434
     assert rows["mobilenetv2"]["trainable_params"] == 2_598_074
     assert "cnn_progression: cnn_baseline -> cnn_vgg3" in listed_text
+    # Every row lines up under the header, the longest names included.
+    table = [line for line in listed_text.split("\ngroups:")[0].splitlines()
+             if line.strip() and not line.lstrip().startswith("note:")]
+    header = table[0]
+    starts = [header.index(column) for column in ("paper", "model")]
+    for line in table[1:]:
+        assert [line.index(value, start - 1) for value, start in
+                zip(line.split()[1:3], starts)] == starts, line
+        assert len(line) == len(header), line
 
 
 def test_unknown_experiment_suggests_close_names():
