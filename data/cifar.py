@@ -10,6 +10,7 @@ traceback.
 import dataclasses
 import os
 import pickle
+import re
 import tarfile
 
 import numpy as np
@@ -65,6 +66,21 @@ class CifarData:
     y_test: np.ndarray
     num_classes: int
     source: str  # where the arrays came from, for the run record
+    origin: str = "original"  # "original" release, or "jpeg_rebuild" (see _origin)
+
+
+# ../shared/tools/cifar10_from_jpeg.py names its images 00000.png, 00001.png, ...;
+# the original release names them after their source ("domestic_cat_s_000907.png").
+JPEG_REBUILD_NAME = re.compile(rb"\d{5}\.png")
+ORIGINS = {"original": "original release",
+           "jpeg_rebuild": "rebuilt from JPEG (quality ~75), not the original images"}
+
+
+def _origin(filenames):
+    """'jpeg_rebuild' when every image carries the rebuild tool's numbered name."""
+    if filenames and all(JPEG_REBUILD_NAME.fullmatch(name) for name in filenames):
+        return "jpeg_rebuild"
+    return "original"
 
 
 def _spec(dataset, label_mode):
@@ -90,7 +106,7 @@ def _how_to_fix(spec):
 
 
 def _parse_batch(raw, where, spec, label_key, num_classes):
-    """Turns one unpickled batch into (images, labels), checking everything."""
+    """Turns one unpickled batch into (images, labels, filenames), checking everything."""
     try:
         batch = pickle.loads(raw, encoding="bytes")
     except Exception as error:  # pickle raises many types on corrupt input
@@ -129,7 +145,8 @@ def _parse_batch(raw, where, spec, label_key, num_classes):
             f"[{labels.min()}, {labels.max()}]. " + _how_to_fix(spec)
         )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels
+    filenames = batch.get(b"filenames")
+    return np.ascontiguousarray(images), labels, list(filenames) if filenames else []
 
 
 class _FolderReader:
@@ -197,7 +214,7 @@ def _holds(path, spec):
 
 
 def _read_split(reader, names, spec, label_key, num_classes):
-    images, labels = [], []
+    images, labels, filenames = [], [], []
     for name in names:
         raw = reader.read(name)
         where = os.path.join(reader.where, name)
@@ -207,10 +224,11 @@ def _read_split(reader, names, spec, label_key, num_classes):
                 f"{', '.join(spec.train_files + spec.test_files)}. "
                 + _how_to_fix(spec)
             )
-        x, y = _parse_batch(raw, where, spec, label_key, num_classes)
+        x, y, names_read = _parse_batch(raw, where, spec, label_key, num_classes)
         images.append(x)
         labels.append(y)
-    return np.concatenate(images), np.concatenate(labels)
+        filenames += names_read
+    return np.concatenate(images), np.concatenate(labels), filenames
 
 
 def _locate(data_dir, spec):
@@ -240,9 +258,11 @@ def load_local(data_dir, dataset="cifar10", label_mode="fine"):
     reader = _locate(data_dir, spec)
     label_key = spec.label_keys[label_mode]
     num_classes = spec.num_classes[label_mode]
-    x_train, y_train = _read_split(reader, spec.train_files, spec, label_key, num_classes)
-    x_test, y_test = _read_split(reader, spec.test_files, spec, label_key, num_classes)
-    return CifarData(x_train, y_train, x_test, y_test, num_classes, source=reader.where)
+    x_train, y_train, train_names = _read_split(reader, spec.train_files, spec, label_key,
+                                                num_classes)
+    x_test, y_test, test_names = _read_split(reader, spec.test_files, spec, label_key, num_classes)
+    return CifarData(x_train, y_train, x_test, y_test, num_classes, source=reader.where,
+                     origin=_origin(train_names + test_names))
 
 
 def _load_keras(dataset, label_mode):

@@ -437,7 +437,8 @@ def train(recipe, options):
 
         data, train_split, val_split, test_split = _prepare_data(recipe, options)
         val_is_test = not recipe.val_split
-        config.update(data_source=data.source, train_images=len(train_split[0]),
+        config.update(data_source=data.source, data_origin=data.origin,
+                      train_images=len(train_split[0]),
                       validation_images=len(val_split[0]),
                       validation="test set" if val_is_test
                       else f"{recipe.val_split} held-out training images")
