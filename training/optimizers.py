@@ -10,22 +10,14 @@ per-layer L2 loss, so the torch-style optimizers below add the decay inside
 `TorchSGD` also keeps PyTorch's momentum form (b = m*b + g; w -= lr*b), which
 differs from Keras's (v = m*v - lr*g) for a few steps after every learning-rate
 change, and holds momentum in a variable so that one-cycle can cycle it.
-Paper 004 was Keras, so its recipes use the plain Keras optimizers.
+`TorchAdam`, `TorchAdagrad` and `TorchRMSprop` follow torch.optim's update rules
+to the placement of epsilon (Keras puts it elsewhere in all three). Paper 004
+was Keras, so its recipes use the plain Keras optimizers.
 """
 
-import math
-
 import keras
+import numpy as np
 from keras import ops
-
-
-def _multi_tensor(optimizer_class):
-    """Keras's own class for this backend. On PyTorch, `keras.optimizers.Adam()`
-    (and Adagrad, RMSprop, SGD) is built as a subclass that updates all
-    variables with torch._foreach kernels instead of one Python-level update per
-    variable; Keras picks it for the exact public class only, so a subclass has
-    to name it. `__new__` alone picks the class without building an optimizer."""
-    return type(optimizer_class.__new__(optimizer_class))
 
 
 def _torch_gradients(gradients, values):
@@ -38,6 +30,13 @@ def _torch_gradients(gradients, values):
             else ops.convert_to_tensor(g, v.dtype) for g, v in zip(gradients, values)]
 
 
+def _contiguous(tensors):
+    """PyTorch's fused and multi-tensor kernels walk a tensor in memory order, so a
+    gradient laid out otherwise than its variable (a transposed view, a
+    channels-last kernel gradient) is copied into the variable's layout first."""
+    return [tensor if tensor.is_contiguous() else tensor.contiguous() for tensor in tensors]
+
+
 def _foreach_with_decay(gradients, values, decay):
     """The PyTorch backend's multi-tensor form of `_with_decay`."""
     import torch
@@ -46,11 +45,17 @@ def _foreach_with_decay(gradients, values, decay):
     return torch._foreach_add(gradients, values, alpha=decay) if decay else gradients
 
 
+def _constant(value, dtype):
+    """A Python number as a tensor of `dtype`, without passing through float32 (as
+    ops.cast(0.99, "float64") does on TensorFlow: 1 - 0.99 then reads 0.00999999)."""
+    return ops.convert_to_tensor(np.asarray(value, dtype=keras.backend.standardize_dtype(dtype)))
+
+
 def _with_decay(gradient, variable, decay):
     gradient = ops.cast(gradient, variable.dtype)
     if not decay:
         return gradient
-    return ops.add(gradient, ops.multiply(variable, ops.cast(decay, variable.dtype)))
+    return ops.add(gradient, ops.multiply(variable, _constant(decay, variable.dtype)))
 
 
 class _TorchClip:
@@ -132,11 +137,12 @@ class TorchSGD(_TorchClip, keras.optimizers.Optimizer):
                 # momentum the kernel keeps no buffer, which the path below does
                 # keep (one-cycle may raise the momentum later).
                 torch._fused_sgd_(
-                    values, _torch_gradients(grads, values), buffers,
+                    values, _contiguous(_torch_gradients(grads, values)), buffers,
                     weight_decay=self.coupled_weight_decay, momentum=momentum, lr=rate,
                     dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
                 return
-            grads = _foreach_with_decay(list(grads), values, self.coupled_weight_decay)
+            grads = _foreach_with_decay(_contiguous(_torch_gradients(grads, values)), values,
+                                        self.coupled_weight_decay)
             momentum = self.momentum.value.to(values[0].dtype)
             torch._foreach_mul_(buffers, momentum)
             torch._foreach_add_(buffers, grads)
@@ -151,22 +157,30 @@ class TorchSGD(_TorchClip, keras.optimizers.Optimizer):
         return config
 
 
-class _CoupledDecay(_TorchClip):
-    """Adds torch-style coupled weight decay to a Keras optimizer's update."""
+class _TorchUpdate(_TorchClip, keras.optimizers.Optimizer):
+    """A torch.optim update rule: `update_step` (one variable, backend-neutral ops)
+    on TensorFlow and JAX; on PyTorch `_torch_update` updates every variable at once."""
 
-    def __init__(self, *args, coupled_weight_decay=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, learning_rate=0.001, coupled_weight_decay=0.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        if coupled_weight_decay < 0:
+            raise ValueError(f"coupled_weight_decay must be >= 0; got {coupled_weight_decay}.")
         self.coupled_weight_decay = float(coupled_weight_decay)
 
-    def update_step(self, gradient, variable, learning_rate):
-        gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
-        return super().update_step(gradient, variable, learning_rate)
+    def _slots(self, variable, *lists):
+        index = self._get_variable_index(variable)
+        return [slots[index] for slots in lists]
 
-    def _parallel_update_step(self, grads, variables, learning_rate):
-        # PyTorch backend only (Keras's multi-tensor update; update_step is not called).
-        grads = _foreach_with_decay(list(grads), [v.value for v in variables],
-                                    self.coupled_weight_decay)
-        return super()._parallel_update_step(grads, variables, learning_rate)
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() != "torch":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import torch
+
+        with torch.no_grad():
+            values = [variable.value for variable in trainable_variables]
+            grads = _contiguous(_torch_gradients(grads, values))
+            rate = ops.convert_to_tensor(learning_rate).to(values[0].dtype)
+            self._torch_update(values, grads, trainable_variables, rate)
 
     def get_config(self):
         config = super().get_config()
@@ -175,42 +189,171 @@ class _CoupledDecay(_TorchClip):
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchAdam(_CoupledDecay, _multi_tensor(keras.optimizers.Adam)):
-    """torch.optim.Adam(weight_decay=wd): Adam with coupled L2, not AdamW."""
+class TorchAdam(_TorchUpdate):
+    """torch.optim.Adam(weight_decay=wd): Adam with coupled L2 (not AdamW), and
+    PyTorch's epsilon, added after the bias correction:
+    w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    Keras's Adam adds epsilon before it, which takes a larger step on weights whose
+    gradients are near epsilon for the first thousands of steps."""
 
-    def _parallel_update_step(self, grads, variables, learning_rate):
-        values = [variable.value for variable in variables]
-        if self.amsgrad or values[0].device.type != "cpu":
-            return super()._parallel_update_step(grads, variables, learning_rate)
-        # PyTorch backend on a CPU: torch.optim.Adam(fused=True)'s kernel, one
-        # pass over each variable and its moments where Keras's multi-tensor
-        # update makes about ten (modified_resnet's update 8.8 -> 1.5 ms on a
-        # 2-core AVX-512 CPU; torch.optim's own loop 4.6). Its epsilon is added
-        # after the bias correction, Keras's before; epsilon / sqrt(1 - beta_2**t)
-        # makes it the same update. The kernel reads the step count t from a tensor.
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 amsgrad=False, coupled_weight_decay=0.0, name="torch_adam", **kwargs):
+        super().__init__(learning_rate=learning_rate, coupled_weight_decay=coupled_weight_decay,
+                         name=name, **kwargs)
+        if amsgrad:
+            raise ValueError("TorchAdam implements torch.optim.Adam without amsgrad; got amsgrad=True.")
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad = False
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            variables, ["momentum", "velocity"])
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = _constant(self.beta_1, dtype), _constant(self.beta_2, dtype)
+        m, v = self._slots(variable, self._momentums, self._velocities)
+        self.assign(m, ops.add(ops.multiply(m, beta_1),
+                               ops.multiply(gradient, _constant(1 - self.beta_1, dtype))))
+        self.assign(v, ops.add(ops.multiply(v, beta_2), ops.multiply(
+            ops.square(gradient), _constant(1 - self.beta_2, dtype))))
+        denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(1 - ops.power(beta_2, step))),
+                              _constant(self.epsilon, dtype))
+        step_size = ops.divide(ops.cast(learning_rate, dtype), 1 - ops.power(beta_1, step))
+        self.assign_sub(variable, ops.multiply(ops.divide(m, denominator), step_size))
+
+    def _torch_update(self, values, grads, variables, rate):
         import torch
 
-        step = float(self.iterations.value) + 1
-        index = self._get_variable_index
+        moments = [self._momentums[self._get_variable_index(v)].value for v in variables]
+        velocities = [self._velocities[self._get_variable_index(v)].value for v in variables]
+        # torch.optim.Adam(fused=True)'s kernel (CPU and CUDA): one pass over each
+        # variable and its moments; it reads the step count t from a tensor.
+        step = torch.tensor(float(self.iterations.value) + 1)
         torch._fused_adam_(
-            values, _torch_gradients(grads, values),
-            [self._momentums[index(variable)].value for variable in variables],
-            [self._velocities[index(variable)].value for variable in variables], [],
-            [torch.tensor(step)] * len(values),
-            lr=ops.convert_to_tensor(learning_rate).to(values[0].dtype),
+            values, grads, moments, velocities, [], [step] * len(values), lr=rate,
             beta1=self.beta_1, beta2=self.beta_2, weight_decay=self.coupled_weight_decay,
-            eps=self.epsilon / math.sqrt(1 - self.beta_2 ** step), amsgrad=False,
-            maximize=False)
+            eps=self.epsilon, amsgrad=False, maximize=False)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchAdagrad(_CoupledDecay, _multi_tensor(keras.optimizers.Adagrad)):
-    pass
+class TorchAdagrad(_TorchUpdate):
+    """torch.optim.Adagrad(weight_decay=wd): s += g^2; w -= lr * g / (sqrt(s) + eps).
+    Keras's Adagrad divides by sqrt(s + eps)."""
+
+    def __init__(self, learning_rate=0.01, initial_accumulator_value=0.0, epsilon=1e-10,
+                 coupled_weight_decay=0.0, name="torch_adagrad", **kwargs):
+        super().__init__(learning_rate=learning_rate, coupled_weight_decay=coupled_weight_decay,
+                         name=name, **kwargs)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._accumulators = [
+            self.add_variable_from_reference(
+                variable, "accumulator",
+                initializer=keras.initializers.Constant(self.initial_accumulator_value))
+            for variable in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
+        (total,) = self._slots(variable, self._accumulators)
+        self.assign_add(total, ops.square(gradient))
+        denominator = ops.add(ops.sqrt(total), _constant(self.epsilon, dtype))
+        self.assign_sub(variable, ops.multiply(ops.divide(gradient, denominator),
+                                               ops.cast(learning_rate, dtype)))
+
+    def _torch_update(self, values, grads, variables, rate):
+        import torch
+
+        totals = [self._accumulators[self._get_variable_index(v)].value for v in variables]
+        if self.coupled_weight_decay:
+            grads = torch._foreach_add(grads, values, alpha=self.coupled_weight_decay)
+        torch._foreach_addcmul_(totals, grads, grads)
+        denominators = torch._foreach_sqrt(totals)
+        torch._foreach_add_(denominators, self.epsilon)
+        steps = torch._foreach_div(grads, denominators)
+        torch._foreach_mul_(steps, rate)
+        torch._foreach_sub_(values, steps)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initial_accumulator_value=self.initial_accumulator_value,
+                      epsilon=self.epsilon)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
-class TorchRMSprop(_CoupledDecay, _multi_tensor(keras.optimizers.RMSprop)):
-    pass
+class TorchRMSprop(_TorchUpdate):
+    """torch.optim.RMSprop(alpha=rho, momentum, weight_decay=wd), not centred:
+    a = rho*a + (1-rho)*g^2; d = g / (sqrt(a) + eps); with momentum b = m*b + d and
+    w -= lr*b, else w -= lr*d. Keras's divides by sqrt(a + eps) and keeps lr inside
+    its momentum buffer."""
+
+    def __init__(self, learning_rate=0.01, rho=0.99, momentum=0.0, epsilon=1e-8,
+                 coupled_weight_decay=0.0, name="torch_rmsprop", **kwargs):
+        super().__init__(learning_rate=learning_rate, coupled_weight_decay=coupled_weight_decay,
+                         name=name, **kwargs)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._averages = self.add_optimizer_variables(variables, "square_average")
+        self._buffers = (self.add_optimizer_variables(variables, "momentum_buffer")
+                         if self.momentum else [])
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = _with_decay(gradient, variable, self.coupled_weight_decay)
+        (average,) = self._slots(variable, self._averages)
+        self.assign(average, ops.add(ops.multiply(average, _constant(self.rho, dtype)), ops.multiply(
+            ops.square(gradient), _constant(1 - self.rho, dtype))))
+        step = ops.divide(gradient, ops.add(ops.sqrt(average), _constant(self.epsilon, dtype)))
+        if self.momentum:
+            (buffer,) = self._slots(variable, self._buffers)
+            self.assign(buffer, ops.add(ops.multiply(buffer, _constant(self.momentum, dtype)), step))
+            step = buffer
+        self.assign_sub(variable, ops.multiply(step, ops.cast(learning_rate, dtype)))
+
+    def _torch_update(self, values, grads, variables, rate):
+        import torch
+
+        index = self._get_variable_index
+        averages = [self._averages[index(v)].value for v in variables]
+        if self.coupled_weight_decay:
+            grads = torch._foreach_add(grads, values, alpha=self.coupled_weight_decay)
+        torch._foreach_mul_(averages, self.rho)
+        torch._foreach_addcmul_(averages, grads, grads, value=1 - self.rho)
+        denominators = torch._foreach_sqrt(averages)
+        torch._foreach_add_(denominators, self.epsilon)
+        steps = torch._foreach_div(grads, denominators)
+        if self.momentum:
+            buffers = [self._buffers[index(v)].value for v in variables]
+            torch._foreach_mul_(buffers, self.momentum)
+            torch._foreach_add_(buffers, steps)
+            steps = buffers
+        torch._foreach_sub_(values, torch._foreach_mul(steps, rate))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon)
+        return config
 
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
