@@ -1,7 +1,8 @@
 """Layer builders that reproduce PyTorch's conventions in Keras (papers 000-003).
 
 - Convs before BatchNorm have no bias.
-- BatchNorm: PyTorch momentum 0.1 is Keras momentum 0.9; epsilon 1e-5.
+- BatchNorm: PyTorch momentum 0.1 is Keras momentum 0.9; epsilon 1e-5; the
+  moving variance takes the unbiased batch variance, as PyTorch's running_var.
 - Default init: PyTorch's kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)),
   i.e. VarianceScaling(1/3, "fan_in", "uniform"); a layer's bias is
   U(+-1/sqrt(fan_in)) too.
@@ -17,7 +18,7 @@ from keras import layers
 
 from models import native
 
-TORCH_BN = dict(momentum=0.9, epsilon=1e-5)
+TORCH_BN = dict(momentum=0.9, epsilon=1e-5, unbiased_moving_variance=True)
 
 
 def torch_uniform(fan_in):

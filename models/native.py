@@ -201,11 +201,42 @@ def _groups(layer):
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
 class BatchNormalization(layers.BatchNormalization):
-    __doc__ = layers.BatchNormalization.__doc__
+    """Keras's BatchNormalization; with `unbiased_moving_variance=True` the moving
+    variance is updated, as torch.nn.BatchNorm2d's running_var is, with the batch
+    variance times n / (n - 1) (n values per channel). The batch is normalised
+    with the biased variance either way."""
+
+    def __init__(self, *args, unbiased_moving_variance=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unbiased_moving_variance = bool(unbiased_moving_variance)
+
+    def get_config(self):
+        return {**super().get_config(), "unbiased_moving_variance": self.unbiased_moving_variance}
+
+    def _keras_call_unbiased(self, inputs, training):
+        """Keras's training-mode call with PyTorch's moving-variance update."""
+        compute_dtype = keras_backend.result_type(inputs.dtype, "float32")
+        inputs = ops.cast(inputs, compute_dtype)
+        mean, variance = self._moments(inputs, None)
+        count = ops.cast(ops.size(inputs), compute_dtype) / inputs.shape[-1]
+        unbiased = variance * (count / (count - 1.0))
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, unbiased)):
+            moving.assign(ops.cast(moving, compute_dtype) * self.momentum
+                          + batch * (1.0 - self.momentum))
+        cast = (lambda weight: ops.cast(weight, compute_dtype) if weight is not None else None)
+        outputs = ops.batch_normalization(
+            inputs, mean, variance, axis=self.axis, offset=cast(self.beta if self.center else None),
+            scale=cast(self.gamma if self.scale else None), epsilon=self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
 
     def call(self, inputs, training=None, mask=None):
-        if not (_use_torch() and mask is None and not self.renorm and not self.synchronized
-                and len(inputs.shape) == 4 and self.axis in (-1, 3)):
+        keras_only = not (_use_torch() and mask is None and not self.renorm
+                          and not self.synchronized and len(inputs.shape) == 4
+                          and self.axis in (-1, 3))
+        if keras_only:
+            if (self.unbiased_moving_variance and training and self.trainable and mask is None
+                    and not self.renorm and self.axis in (-1, len(inputs.shape) - 1)):
+                return self._keras_call_unbiased(inputs, training)
             return super().call(inputs, training=training, mask=mask)
         import torch
 
@@ -223,8 +254,8 @@ class BatchNormalization(layers.BatchNormalization):
         gamma = self.gamma.value.to(dtype) if self.scale else None
         beta = self.beta.value.to(dtype) if self.center else None
         if training and self.trainable:
-            outputs, mean, variance = _batch_norm_training(channels_first, gamma, beta,
-                                                           self.epsilon)
+            outputs, mean, variance = _batch_norm_training(
+                channels_first, gamma, beta, self.epsilon, self.unbiased_moving_variance)
             if in_stateless_scope():  # (stateless_call) Keras collects the new values
                 for moving, batch in ((self.moving_mean, mean),
                                       (self.moving_variance, variance)):
@@ -246,17 +277,19 @@ class BatchNormalization(layers.BatchNormalization):
         return outputs.permute(0, 2, 3, 1).to(_torch_dtype(self.compute_dtype))
 
 
-def _batch_norm_training(inputs, gamma, beta, epsilon):
+def _batch_norm_training(inputs, gamma, beta, epsilon, unbiased=False):
     """Batch normalisation of a channels-last NCHW tensor with its batch
-    statistics: (outputs, mean, variance without Bessel's correction, as Keras's
-    moments), the statistics in float32 (or wider)."""
+    statistics: (outputs, mean, variance), the variance without Bessel's
+    correction as Keras's moments (with it if `unbiased`, as PyTorch's running
+    variance takes it), the statistics in float32 (or wider)."""
     import torch
 
     channels = inputs.shape[1]
     count = inputs.numel() // channels
     repeats = _column_repeats(channels, count, inputs.dtype) if inputs.device.type == "cpu" else 0
     if repeats:
-        return _column_batch_norm().apply(inputs, gamma, beta, epsilon, repeats)
+        outputs, mean, variance = _column_batch_norm().apply(inputs, gamma, beta, epsilon, repeats)
+        return outputs, mean, variance * (count / (count - 1)) if unbiased else variance
     # The fused kernel hands out the batch statistics through running buffers
     # with momentum 1 (the variance with Bessel's correction, undone here).
     dtype = torch.promote_types(inputs.dtype, torch.float32)
@@ -264,7 +297,7 @@ def _batch_norm_training(inputs, gamma, beta, epsilon):
     variance = torch.ones(channels, dtype=dtype, device=inputs.device)
     outputs = torch.nn.functional.batch_norm(inputs, mean, variance, gamma, beta, training=True,
                                              momentum=1.0, eps=epsilon)
-    return outputs, mean, variance * ((count - 1) / count)
+    return outputs, mean, variance if unbiased else variance * ((count - 1) / count)
 
 
 def _column_repeats(channels, count, dtype):
