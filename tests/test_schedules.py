@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from training import schedules
+from experiments.recipes import EXPERIMENTS
 from training.schedules import lr_at, onecycle_at
 
 
@@ -107,32 +108,47 @@ def test_against_torch_schedulers():
     np.testing.assert_allclose(ours, theirs, rtol=1e-9)
 
 
-def test_he_iteration_boundaries():
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no updates here
+def test_he_iteration_boundaries_match_multistep_stepped_per_iteration():
+    """torch's MultiStepLR([32000, 48000]) stepped after each update: the update
+    made after 32,000 updates (iterations == 32000 in Keras) already uses 0.01."""
+    torch = pytest.importorskip("torch")
     schedule = schedules.optimizer_learning_rate(
         {"kind": "step_iterations", "boundaries": [32000, 48000]}, 0.1)
-    at = {step: float(schedule(step)) for step in (0, 31999, 32000, 32001, 47999, 48000, 48001, 63999)}
-    assert at[0] == pytest.approx(0.1) and at[31999] == pytest.approx(0.1)
-    # PiecewiseConstantDecay switches after the boundary step, as torch's MultiStepLR
-    # stepped per iteration does (the 32,001st update uses the new rate).
-    assert at[32001] == pytest.approx(0.01) and at[47999] == pytest.approx(0.01)
-    assert at[48001] == pytest.approx(0.001) and at[63999] == pytest.approx(0.001)
+    steps = [0, 1, 31999, 32000, 32001, 47999, 48000, 48001, 63999]
+    ours = [float(keras.ops.convert_to_numpy(schedule(step))) for step in steps]
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [32000, 48000])
+    theirs = {}
+    for done in range(64000):  # the rate of the update made after `done` updates
+        if done in steps:
+            theirs[done] = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+    np.testing.assert_allclose(ours, [theirs[step] for step in steps], rtol=1e-6)
+    assert ours[steps.index(31999)] == pytest.approx(0.1)
+    assert ours[steps.index(32000)] == pytest.approx(0.01)
+    # resnet110's warm-up: 0.01 for 400 updates, then He et al.'s schedule.
+    warm = schedules.optimizer_learning_rate(EXPERIMENTS["resnet110"].schedule, 0.1)
+    rates = {step: float(keras.ops.convert_to_numpy(warm(step)))
+             for step in (0, 399, 400, 31999, 32000, 48000)}
+    assert rates == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01,
+                                   48000: 0.001})
 
 
-def test_plateau_uses_torch_relative_threshold():
-    pytest.importorskip("torch")
+def _plateau_against_torch(losses, **options):
+    """The rate before each epoch under torch's ReduceLROnPlateau and under ours."""
     import torch
 
-    # 0.89995 is within the relative threshold of 0.9 (no improvement), 0.8999 is not.
-    losses = [1.0, 0.9, 0.89995, 0.8999] + [0.9] * 7 + [0.5] * 9 + [0.49] * 3
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([weight], lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=5)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
     expected = []
     for loss in losses:
         expected.append(optimizer.param_groups[0]["lr"])
         scheduler.step(loss)
 
-    callback = schedules.TorchReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5)
+    callback = schedules.TorchReduceLROnPlateau(monitor="val_loss", **options)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     callback.set_model(model)
@@ -141,8 +157,29 @@ def test_plateau_uses_torch_relative_threshold():
     for epoch, loss in enumerate(losses):
         ours.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
         callback.on_epoch_end(epoch, {"val_loss": loss})
+    return ours, expected
+
+
+def test_plateau_uses_torch_relative_threshold():
+    pytest.importorskip("torch")
+    # 0.89995 is within the relative threshold of 0.9 (no improvement), 0.8999 is not.
+    losses = [1.0, 0.9, 0.89995, 0.8999] + [0.9] * 7 + [0.5] * 9 + [0.49] * 3
+    ours, expected = _plateau_against_torch(losses, factor=0.1, patience=5)
     assert len(set(expected)) == 3  # the sequence makes torch reduce twice
     np.testing.assert_allclose(ours, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(factor=0.1, patience=5),
+                                     dict(factor=0.1, patience=2, cooldown=3),
+                                     dict(factor=0.5, patience=0, min_lr=1e-6)])
+def test_plateau_stops_where_torch_stops(options):
+    """60 flat epochs: torch skips a reduction smaller than its eps (1e-8), so the
+    rate stays at 1e-8 (Keras's callback went on to 1e-9 after 37 epochs); cooldown
+    and min_lr as torch counts them."""
+    pytest.importorskip("torch")
+    ours, expected = _plateau_against_torch([1.0] * 60, **options)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    assert min(ours) >= 1e-8 * (1 - 1e-6)
 
 
 def test_unknown_kind_and_missing_fields():
@@ -210,7 +247,7 @@ def test_every_field_a_kind_takes_is_read():
         {"kind": "plateau", "monitor": "val_accuracy", "factor": 0.5, "patience": 2,
          "threshold": 0.01, "cooldown": 1, "min_lr": 0.001}, 0.1, 10)[0]
     assert (callback.monitor, callback.factor, callback.patience, callback.threshold,
-            callback.cooldown, callback.min_lr) == ("val_accuracy", 0.5, 3, 0.01, 1, 0.001)
+            callback.cooldown, callback.min_lr) == ("val_accuracy", 0.5, 2, 0.01, 1, 0.001)
 
 
 def test_schedule_drives_fit_and_lands_in_history():

@@ -197,12 +197,36 @@ def validate(spec, epochs):
         _values({**spec, "boundaries": kth_step_boundaries(epochs)}, 1.0)
 
 
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class IterationSteps(keras.optimizers.schedules.LearningRateSchedule):
+    """values[i] once `boundaries[i - 1]` optimizer steps are done: torch's
+    MultiStepLR stepped after every iteration, whose rate for the update that
+    follows step b is already the next value. (Keras's PiecewiseConstantDecay keeps
+    the old value through step b itself, one update late.)"""
+
+    def __init__(self, boundaries, values):
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(f"IterationSteps needs one value more than its boundaries; got "
+                             f"{len(boundaries)} boundaries and {len(values)} values.")
+        self.boundaries = [int(b) for b in boundaries]
+        self.values = [float(v) for v in values]
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "int64")  # updates done before this one
+        rate = keras.ops.convert_to_tensor(self.values[0], "float32")
+        for boundary, value in zip(self.boundaries, self.values[1:]):
+            rate = keras.ops.where(step >= boundary, value, rate)
+        return rate
+
+    def get_config(self):
+        return {"boundaries": self.boundaries, "values": self.values}
+
+
 def optimizer_learning_rate(spec, base_lr):
     """What the optimizer is built with: a float, or a schedule counting steps."""
     if spec["kind"] != "step_iterations":
         return float(base_lr)
-    boundaries, values = _values(spec, base_lr)
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return IterationSteps(*_values(spec, base_lr))
 
 
 class OneCycle(keras.callbacks.Callback):
@@ -227,22 +251,31 @@ class OneCycle(keras.callbacks.Callback):
             optimizer.beta_1 = momentum  # torch cycles Adam's beta1 the same way
 
 
-class TorchReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """torch's ReduceLROnPlateau on Keras's callback. Two differences matter:
-    torch's default threshold_mode='rel' (an epoch improves on `best` only if it
-    beats it by the relative `threshold`; Keras's `min_delta` is absolute), and
-    torch reduces once the bad epochs *exceed* `patience`, Keras once they reach
-    it, so torch's patience p is Keras's p + 1."""
+class TorchReduceLROnPlateau(keras.callbacks.Callback):
+    """torch.optim.lr_scheduler.ReduceLROnPlateau, stepped once per epoch on
+    `monitor`. Where it differs from Keras's callback: the threshold is relative
+    (an epoch improves on `best` only if it beats it by `threshold` times best;
+    Keras's `min_delta` is absolute); the rate drops once the bad epochs *exceed*
+    `patience` (Keras: reach it); cooldown is counted after the improvement
+    check; and a reduction smaller than `eps` is skipped, so the rate stops at
+    1e-8 where Keras would keep dividing."""
 
-    def __init__(self, threshold=1e-4, patience=10, state_dir=None, **kwargs):
-        super().__init__(min_delta=0.0, patience=patience + 1, **kwargs)
-        self.threshold = threshold
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, threshold=1e-4,
+                 cooldown=0, min_lr=0.0, eps=1e-8, mode="auto", verbose=0, state_dir=None):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(f"factor must be below 1; got {factor}.")
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
+        self.threshold, self.cooldown, self.min_lr = float(threshold), int(cooldown), float(min_lr)
+        self.eps, self.verbose = float(eps), verbose
+        self.maximize = mode == "max" or (mode == "auto" and "acc" in monitor)
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
         # Its counters (best, bad epochs, cooldown) outlive a kill: saved per epoch
         # next to BackupAndRestore's files and restored for the epoch it resumes at.
         self.state_path = os.path.join(state_dir, "plateau_state.json") if state_dir else None
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
         if not (self.state_path and os.path.exists(self.state_path)):
             return
         metadata = os.path.join(os.path.dirname(self.state_path), "training_metadata.json")
@@ -257,7 +290,21 @@ class TorchReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
                 state["best"], state["wait"], state["cooldown_counter"])
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            raise KeyError(f"ReduceLROnPlateau monitors {self.monitor!r}, which this run does "
+                           f"not log; it logs {sorted(logs or {})}.")
+        # torch's step(): the improvement check, then the cooldown, then the patience.
+        if self._is_improvement(float(current), self.best):
+            self.best, self.wait = float(current), 0
+        else:
+            self.wait += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.wait > self.patience:
+            self._reduce(epoch)
+            self.cooldown_counter, self.wait = self.cooldown, 0
         if not self.state_path:
             return
         states = {}
@@ -278,9 +325,18 @@ class TorchReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     def _is_improvement(self, current, best):
         if best is None:
             return True
-        if self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor):
+        if self.maximize:
             return current > best * (1 + self.threshold)
         return current < best * (1 - self.threshold)
+
+    def _reduce(self, epoch):
+        optimizer = self.model.optimizer
+        old = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        new = max(old * self.factor, self.min_lr)
+        if old - new > self.eps:
+            optimizer.learning_rate = new
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:.4g}.")
 
 
 def schedule_callbacks(spec, base_lr, epochs, state_dir=None):
