@@ -585,6 +585,8 @@ class Case:
 
         def step(index):
             images, labels = self.batches[index % len(self.batches)]
+            if self.batches.label_column:  # mixup runs' own-label column (training.losses)
+                labels = labels[:, :-1]
             x = self._tensor(images, layout)
             y = torch.from_numpy(labels).to(self.device)
             with self._autocast():

@@ -111,16 +111,21 @@ def random_shift(x, rng, fraction=0.1):
     return out.astype(x.dtype, copy=False)
 
 
-def cutout(x, rng, size=16, low=-8, high=16):
-    """Paper 004's Cutout: one size x size square per image, filled with that
-    image's mean; its top and left are drawn from [low, high) and clipped at 0,
-    so the square may lie partly outside the image."""
+def cutout(x, rng, size=16, low=-8, high=16, shrink_at_edge=True):
+    """Paper 004's Cutout: one square per image, filled with that image's mean;
+    its top and left are drawn from [low, high). The notebook computes
+    bottom = top + size before clipping top at 0, so a square drawn across the
+    top or left edge keeps only its part inside the image (`shrink_at_edge`);
+    False moves such a square inside the image, always size x size."""
     count, height, width = x.shape[:3]
-    top = np.maximum(rng.integers(low, high, size=count), 0)
-    left = np.maximum(rng.integers(low, high, size=count), 0)
+    top, left = rng.integers(low, high, size=count), rng.integers(low, high, size=count)
+    bottom, right = top + size, left + size
+    top, left = np.maximum(top, 0), np.maximum(left, 0)
+    if not shrink_at_edge:
+        bottom, right = top + size, left + size
     rows, cols = np.arange(height), np.arange(width)
-    row_in = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + size)
-    col_in = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + size)
+    row_in = (rows[None] >= top[:, None]) & (rows[None] < bottom[:, None])
+    col_in = (cols[None] >= left[:, None]) & (cols[None] < right[:, None])
     mask = (row_in[:, :, None] & col_in[:, None, :])[..., None]
     mean = x.reshape(count, -1).mean(axis=1).astype(np.float32)[:, None, None, None]
     if x.dtype == np.uint8:

@@ -308,13 +308,24 @@ def ensure_available(dataset="cifar10", data_dir=None, label_mode="fine"):
         _load_keras(dataset, label_mode)
 
 
-def split_validation(x, y, count, seed):
-    """Holds out `count` training images, chosen with `seed`, as validation."""
+VAL_SELECTIONS = ("run_seed", "numpy_seed0_choice")
+
+
+def split_validation(x, y, count, seed, selection="run_seed"):
+    """Holds out `count` training images as validation: chosen by a permutation
+    seeded with `seed`, or ("numpy_seed0_choice") as paper 004's norm study chose
+    them: np.random.seed(0); np.random.choice(len(x), count, replace=False)."""
     if not 0 < count < len(x):
         raise DataError(
             f"--val-split must lie in [1, {len(x) - 1}] for {len(x)} training "
             f"images; got {count}."
         )
-    order = np.random.default_rng(seed).permutation(len(x))
-    held, kept = np.sort(order[:count]), np.sort(order[count:])
+    if selection == "numpy_seed0_choice":
+        held = np.random.RandomState(0).choice(len(x), count, replace=False)
+    elif selection == "run_seed":
+        held = np.random.default_rng(seed).permutation(len(x))[:count]
+    else:
+        raise ValueError(f"val_selection must be one of {VAL_SELECTIONS}; got {selection!r}.")
+    kept = np.setdiff1d(np.arange(len(x)), held)  # in order, as np.delete leaves them
+    held = np.sort(held)
     return (x[kept], y[kept]), (x[held], y[held])

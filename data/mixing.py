@@ -4,8 +4,8 @@ One lambda ~ Beta(alpha, alpha) per batch; each image is mixed with the image at
 a random permutation of the batch, and so is its label. Paper 003 computed the
 loss as lam * CE(y_a) + (1 - lam) * CE(y_b); cross-entropy is linear in the
 target, so that equals CE against the mixed label lam * y_a + (1 - lam) * y_b,
-which is what the batch carries. Keras's accuracy metric then scores the
-argmax of the mixed label (the dominant partner).
+which is what the batch carries. Accuracy is scored against each image's own
+label y_a, as paper 003's trainer did (training.losses).
 
 Whether a batch is mixed at all is a gate with probability p, drawn per batch
 or per epoch (paper 003: each epoch is a mixup epoch with p = 0.9). Every draw

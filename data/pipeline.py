@@ -44,7 +44,7 @@ def input_threads(requested=0):
 class CifarBatches(keras.utils.PyDataset):
     def __init__(
         self, images, labels, num_classes, batch_size, *, augment=None,
-        normalize=None, mix=None, shuffle=False, seed=0, threads=1, **kwargs,
+        normalize=None, mix=None, shuffle=False, seed=0, threads=1, label_column=False, **kwargs,
     ):
         super().__init__(**kwargs)
         if threads < 1:
@@ -63,6 +63,8 @@ class CifarBatches(keras.utils.PyDataset):
         self.epoch = 0
         self._order_cache = (None, None)  # (epoch, order), replaced as one object
         self.threads = threads
+        # One more label column, each image's own class (training.losses): mixup runs.
+        self.label_column = label_column
         self._pool = None
         self._pending = {}  # (epoch, index) -> Future of a batch being built ahead
         self._lock = threading.Lock()
@@ -95,6 +97,8 @@ class CifarBatches(keras.utils.PyDataset):
         y = np.eye(self.num_classes, dtype=np.float32)[self.labels[picked]]
         if self.mix:
             x, y = self.mix(x, y, self.seed, epoch, index)
+        if self.label_column:
+            y = np.concatenate([y, self.labels[picked, None].astype(np.float32)], axis=1)
         seconds = time.perf_counter() - start
         with self._lock:
             self.input_seconds += seconds

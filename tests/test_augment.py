@@ -335,3 +335,109 @@ def test_augment_benchmark_writes_json_and_table(tmp_path):
                                                  "se_resnet_mixup"}
     assert all(c["images_per_second"] > 0 for c in chains)
     assert "| chain |" in (tmp_path / "augment.md").read_text()
+
+
+def notebook_cutout(image, top, left, size=16):
+    """ResNet_Jan.ipynb's CustomImageDataGenerator._cutout, given its draws of
+    np.random.randint(-size // 2, h - size) for top and left."""
+    image = np.copy(image)
+    mask_value = image.mean()
+    bottom, right = top + size, left + size
+    if top < 0:
+        top = 0
+    if left < 0:
+        left = 0
+    image[top:bottom, left:right, :].fill(mask_value)
+    return image
+
+
+class _Draws:
+    """An rng whose integers() hands out given top and left draws."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def integers(self, low, high, size):
+        values = np.asarray(self.draws.pop(0))
+        assert values.shape == (size,) and values.min() >= low and values.max() < high
+        return values
+
+
+def test_cutout_cuts_as_the_notebook_for_every_draw():
+    """Every (top, left) pair randint(-8, 16) can draw, on standardised float images
+    as the notebook's: the same pixels filled with the same value. The always-16
+    variant moves an edge square inside instead."""
+    from data.augment import cutout
+
+    tops, lefts = np.meshgrid(np.arange(-8, 16), np.arange(-8, 16), indexing="ij")
+    tops, lefts = tops.ravel(), lefts.ravel()
+    x = np.random.default_rng(5).normal(size=(len(tops), 32, 32, 3)).astype(np.float32)
+    ours = cutout(x, _Draws(tops, lefts))
+    expected = np.stack([notebook_cutout(image, t, l) for image, t, l in zip(x, tops, lefts)])
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+    full = cutout(x, _Draws(tops, lefts), shrink_at_edge=False)
+    cut = (full != x).all(-1).reshape(len(x), -1).sum(1)
+    assert set(cut.tolist()) == {256}  # 16 x 16 wherever the draw fell
+
+
+def test_cutout_square_sizes_follow_the_notebook():
+    """The side of the square, drawn as the augmenter draws it, against the
+    notebook's routine driven by np.random: 8-15 rows with probability 1/24 each
+    and 16 otherwise (mean 14.5), by a chi-square test; the fixed variant is 16."""
+    from data.augment import cutout
+
+    count = 24000
+    x = np.zeros((count, 32, 32, 1), np.float32)
+    x[:, :, :, 0] = np.arange(32 * 32).reshape(32, 32)  # mean 511.5: every cut pixel changes
+    ours = cutout(x, np.random.default_rng(6))
+    np.random.seed(7)
+    notebook = np.stack([notebook_cutout(image, np.random.randint(-8, 16), np.random.randint(-8, 16))
+                         for image in x[:2400]])
+
+    def sides(batch):
+        return (batch != x[:len(batch)]).any(2)[..., 0].sum(1)  # rows touched
+
+    observed = np.bincount(sides(ours), minlength=17)[8:]
+    reference = np.bincount(sides(notebook), minlength=17)[8:] / 2400
+    expected = np.array([1] * 8 + [16]) / 24
+    chi2 = ((observed - count * expected) ** 2 / (count * expected)).sum()
+    assert chi2 < 26.1, (observed, chi2)  # 8 degrees of freedom, p = 0.001
+    np.testing.assert_allclose(reference, expected, atol=0.03)
+    assert sides(ours).mean() == pytest.approx(14.5, abs=0.05)
+    fixed = cutout(x[:500], np.random.default_rng(6), shrink_at_edge=False)
+    assert set(sides(fixed).tolist()) == {16}
+
+
+def test_mixup_accuracy_counts_each_images_own_label():
+    """Paper 003's trainer counted `predicted == labels`, each image's own label,
+    whichever image dominated the mix; the loss stays cross-entropy against the
+    mixed labels. A network that names every image's own class scores 1 though
+    the dominant (argmax) label is the partner's wherever lam < 0.5."""
+    import keras
+
+    from training.losses import OwnLabelCrossentropy, own_label_accuracy
+
+    rng = np.random.default_rng(14)
+    x = rng.integers(0, 256, (640, 4, 4, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 640)
+    mixer = Mixer(kind="mixup", alpha=1.0, p=1.0, gate="batch")
+    batches = CifarBatches(x, y, 10, 64, mix=mixer, shuffle=True, label_column=True)
+    def lam(index):  # the mixer's draws for a batch: its gate, then lambda
+        draw = np.random.default_rng([0, 0, 3, index])
+        draw.random()
+        return draw.beta(1.0, 1.0)
+
+    index = next(i for i in range(10) if lam(i) < 0.4)
+    batches.set_epoch(0)
+    images, labels = batches.batch(0, index)
+    assert labels.shape == (64, 11)
+    own = y[batches.order(0)[index * 64:(index + 1) * 64]]
+    np.testing.assert_array_equal(labels[:, -1], own)
+    logits = np.eye(10, dtype=np.float32)[own] * 5
+    accuracy = keras.ops.convert_to_numpy(own_label_accuracy(labels, logits))
+    dominant = (labels[:, :-1].argmax(-1) == own).mean()
+    assert accuracy.mean() == 1.0 and dominant < 0.9
+    loss = keras.ops.convert_to_numpy(OwnLabelCrossentropy()(labels, logits))
+    expected = keras.ops.convert_to_numpy(keras.losses.CategoricalCrossentropy(from_logits=True)(
+        labels[:, :-1], logits))
+    assert loss == pytest.approx(expected, rel=1e-6)

@@ -158,3 +158,20 @@ def test_normalizations():
     np.testing.assert_allclose(Normalizer("per_pixel_mean").fit(x)(x).mean(axis=0), 0, atol=1e-6)
     half = Normalizer("channel", "half")
     np.testing.assert_allclose(half.pad_value(), [-1, -1, -1])
+
+
+def test_norm_study_validation_split_is_the_studys_own():
+    """np.random.seed(0); np.random.choice(range(50000), 5000, replace=False), then
+    np.delete: the same held-out images, whatever the run's seed, and the training
+    images in their order."""
+    x = np.arange(50000)[:, None]
+    y = np.arange(50000) % 10
+    np.random.seed(0)
+    chosen = np.random.choice(range(50000), 5000, replace=False)
+    expected_train = np.delete(x, chosen, 0)
+    for seed in (0, 7):
+        (kept, _), (held, _) = split_validation(x, y, 5000, seed, "numpy_seed0_choice")
+        np.testing.assert_array_equal(np.sort(held[:, 0]), np.sort(chosen))
+        np.testing.assert_array_equal(kept, expected_train)
+    (_, _), (by_run_seed, _) = split_validation(x, y, 5000, 0)
+    assert not np.array_equal(np.sort(by_run_seed[:, 0]), np.sort(chosen))

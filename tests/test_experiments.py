@@ -110,19 +110,32 @@ def test_recipe_schedules_give_the_papers_rates():
     row6 = recipe_lrs("resnet5m_row6")
     np.testing.assert_allclose(row6, [0.005 * (1 + math.cos(math.pi * e / 200)) for e in range(200)])
     se = recipe_lrs("se_resnet_mixup")
-    assert len(se) == 415 and se[0] == pytest.approx(0.1) and se[400] == pytest.approx(0, abs=1e-12)
+    # Through the notebook's logged peak at epoch 415 of its clean phase range(400, 450).
+    assert len(se) == 416 and se[0] == pytest.approx(0.1) and se[400] == pytest.approx(0, abs=1e-12)
     np.testing.assert_allclose(se[400:], [0.05 * (1 + math.cos(math.pi * t / 400))
-                                          for t in range(400, 415)], rtol=1e-9, atol=1e-15)
+                                          for t in range(400, 416)], rtol=1e-9, atol=1e-15)
     assert EXPERIMENTS["se_resnet_mixup"].mixup["stop_epoch"] == 400
     assert EXPERIMENTS["se_resnet_mixup"].optimizer["clipvalue"] == 0.1
     plateau = EXPERIMENTS["modified_resnet"].schedule
     assert (plateau["kind"], plateau["monitor"], plateau["factor"], plateau["patience"]) == (
         "plateau", "val_loss", 0.1, 5)
-    he = EXPERIMENTS["resnet110"]
-    rate = schedules.optimizer_learning_rate(he.schedule, he.optimizer["learning_rate"])
-    assert float(rate(32000)) == pytest.approx(0.1) and float(rate(32001)) == pytest.approx(0.01)
-    assert float(rate(48001)) == pytest.approx(0.001)
-    assert he.epochs * math.ceil(50000 / he.batch_size) >= 64000
+    for depth in (20, 110):
+        he = EXPERIMENTS[f"resnet{depth}"]
+        rate = schedules.optimizer_learning_rate(he.schedule, he.optimizer["learning_rate"])
+        # Keras passes the updates done so far: the update after 32,000 uses 0.01.
+        assert float(rate(31999)) == pytest.approx(0.1) and float(rate(32000)) == pytest.approx(0.01)
+        assert float(rate(47999)) == pytest.approx(0.01) and float(rate(48000)) == pytest.approx(0.001)
+        assert float(rate(0)) == pytest.approx(0.01 if depth == 110 else 0.1)  # 110's warm-up
+        assert he.epochs * math.ceil(50000 / he.batch_size) >= 64000
+    assert "best of 5 runs" in EXPERIMENTS["resnet110"].paper_source
+    assert "best of 5 runs" in EXPERIMENTS["resnet110"].notes
+    noisy = recipe_lrs("noisy_labels")  # LearningController(50)
+    assert noisy == [pytest.approx(0.1)] * 27 + [pytest.approx(0.01)] * 12 + [pytest.approx(0.001)] * 11
+    for row in (11, 12):  # "Trained for only 130 epochs", of the T_max-200 cosine
+        rates = recipe_lrs(f"resnet5m_row{row}")
+        start = EXPERIMENTS[f"resnet5m_row{row}"].optimizer["learning_rate"]
+        assert len(rates) == 130 and rates[-1] / start == pytest.approx(
+            (1 + math.cos(math.pi * 129 / 200)) / 2) and 0.27 < rates[-1] / start < 0.29
 
 
 def test_resnet5m_rows_take_their_optimizers():
@@ -422,3 +435,25 @@ def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
         with open(os.path.join(run_dir, "status.json")) as stream:
             assert json.load(stream)["status"] == "completed"
         assert [int(r["epoch"]) for r in history(os.path.join(run_dir, "history.csv"))] == [0, 1]
+
+
+def test_named_experiments_reproduce_what_produced_the_papers_numbers():
+    """A buggy code path that produced a paper's number is the named experiment;
+    the corrected version is one --set away."""
+    from training.recipe import apply_overrides
+
+    augmentation = EXPERIMENTS["cnn_augmentation"]
+    assert augmentation.model_args == {"dropout": 0.2}  # CNN.py's shared branch
+    assert apply_overrides(augmentation, ["model_args.dropout=0"]).model_args == {"dropout": 0}
+    for norm in ("batch", "layer", "group", "instance"):
+        recipe = EXPERIMENTS[f"norm_{norm}"]
+        assert recipe.normalization["scale_bug"] is True
+        assert recipe.val_selection == "numpy_seed0_choice"
+        fixed = apply_overrides(recipe, ["normalization.scale_bug=false"])
+        assert fixed.normalization["scale_bug"] is False
+    noisy = EXPERIMENTS["noisy_labels"]
+    assert noisy.epochs == 50 and noisy.augment[2]["shrink_at_edge"] is True
+    assert apply_overrides(noisy, ["augment.2.shrink_at_edge=false"]).augment[2] == {
+        **noisy.augment[2], "shrink_at_edge": False}
+    assert "without any regularization" in EXPERIMENTS["mobilenetv2"].notes
+

@@ -40,8 +40,9 @@ from models import build_model, count_params
 from plots.run_plots import write_run_plots
 from training import allocator, record, schedules, transfer
 from training.distribute import DistributeError, placement as make_placement
+from training.losses import loss_and_metrics
 from training.optimizers import build_optimizer
-from training.recipe import RecipeError, validate
+from training.recipe import Recipe, RecipeError, validate
 
 QUICK_TRAIN_IMAGES = 256
 QUICK_VAL_IMAGES = 128
@@ -221,7 +222,7 @@ def _prepare_data(recipe, options):
     x_train, y_train = data.x_train, data.y_train
     if recipe.val_split:
         (x_train, y_train), (x_val, y_val) = split_validation(
-            x_train, y_train, recipe.val_split, options.seed)
+            x_train, y_train, recipe.val_split, options.seed, recipe.val_selection)
     else:
         x_val, y_val = data.x_test, data.y_test
     if recipe.train_images:
@@ -236,9 +237,12 @@ def _prepare_data(recipe, options):
 
 def _evaluation_batches(recipe, normalizer, images, labels, num_classes):
     """Un-augmented batches, normalised as the recipe's stage says."""
+    column = bool(recipe.mixup)  # mixup runs score each image against its own label
     if normalizer.stage == "before":
-        return CifarBatches(normalizer(images), labels, num_classes, recipe.eval_batch_size)
-    return CifarBatches(images, labels, num_classes, recipe.eval_batch_size, normalize=normalizer)
+        return CifarBatches(normalizer(images), labels, num_classes, recipe.eval_batch_size,
+                            label_column=column)
+    return CifarBatches(images, labels, num_classes, recipe.eval_batch_size, normalize=normalizer,
+                        label_column=column)
 
 
 def training_batches(recipe, options, normalizer, train, val, num_classes):
@@ -249,7 +253,7 @@ def training_batches(recipe, options, normalizer, train, val, num_classes):
         normalizer(x_train) if before else x_train, y_train, num_classes, recipe.batch_size,
         augment=Augmenter(recipe.augment), normalize=None if before else normalizer,
         mix=Mixer(**recipe.mixup) if recipe.mixup else None, shuffle=True, seed=options.seed,
-        threads=input_threads(options.input_threads),
+        threads=input_threads(options.input_threads), label_column=bool(recipe.mixup),
     )
     return train_batches, _evaluation_batches(recipe, normalizer, *val, num_classes)
 
@@ -283,15 +287,13 @@ def _stages(recipe):
 def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
     optimizer_spec = dict(optimizer_spec)
     base_lr = optimizer_spec.pop("learning_rate")
+    loss, metrics = loss_and_metrics(recipe)
     model.compile(
         optimizer=build_optimizer(
             optimizer_spec.pop("name"),
             learning_rate=schedules.optimizer_learning_rate(schedule, base_lr),
             **optimizer_spec),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                  label_smoothing=recipe.label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
+        loss=loss, metrics=metrics, jit_compile=jit_compile,
     )
     return base_lr
 
@@ -329,6 +331,12 @@ def _check_existing(run_dir, config):
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"{path} is unreadable ({error}); remove {run_dir} to start fresh.") from None
     saved.setdefault("precision", "fp32")  # records from before --precision existed
+    # A field added to Recipe since the record was written reads as its default there.
+    defaults = {field.name: field.default for field in dataclasses.fields(Recipe)
+                if field.default is not dataclasses.MISSING}
+    saved["recipe"] = {**{key: defaults[key] for key in config["recipe"]
+                          if key in defaults and key not in saved.get("recipe", {})},
+                       **saved.get("recipe", {})}
     keys = ("recipe", "seed", "quick", "backend", "deterministic", "precision")
     changed = [key for key in keys if saved.get(key) != config[key]]
     if changed:
@@ -568,7 +576,8 @@ def train(recipe, options):
         best_path = os.path.join(run_dir, "best.keras")
         if os.path.exists(best_path):
             best_model = keras.models.load_model(best_path)
-            best_model.compile(loss=model.loss, metrics=["accuracy"])
+            best_loss, best_metrics = loss_and_metrics(recipe)
+            best_model.compile(loss=best_loss, metrics=best_metrics)
             test_scores["best_test_accuracy"] = float(best_model.evaluate(test_batches, verbose=0)[1])
     metrics = _summary(history, recipe, params, len(train_split[0]), val_is_test, test_scores)
     metrics["wall_seconds_this_session"] = time.time() - start

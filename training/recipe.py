@@ -11,7 +11,7 @@ import json
 import math
 
 from data.augment import Augmenter
-from data.cifar import DATASETS
+from data.cifar import DATASETS, VAL_SELECTIONS
 from data.mixing import Mixer
 from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalizer
@@ -39,6 +39,9 @@ class Recipe:
     label_mode: str = "fine"  # CIFAR-100: fine (100 classes) | coarse (20)
     label_smoothing: float = 0.0
     val_split: int = 0  # training images held out as validation; 0: the test set validates
+    # How val_split picks them: "run_seed" (a permutation seeded by the run's seed) or
+    # "numpy_seed0_choice" (np.random.seed(0); np.random.choice: paper 004's norm study)
+    val_selection: str = "run_seed"
     train_images: int = 0  # train on only the first N (after the split); 0: all
     eval_batch_size: int = 500  # images per evaluation step (does not change results)
     monitor: str = "val_accuracy"  # what best.keras keeps the best of
@@ -143,14 +146,26 @@ def _apply(recipe, assignment):
         raise RecipeError(f"--set: unknown key {key!r}.{hint} Keys: {', '.join(top_fields)}.")
     target = data
     for depth, part in enumerate(path[:-1]):
+        where = ".".join(path[:depth + 1])
+        if isinstance(target, list):  # a list's item by its index: augment.2.p
+            if not (part.isdigit() and int(part) < len(target)):
+                raise RecipeError(f"--set: {where!r}: {'.'.join(path[:depth])} has items "
+                                  f"0 to {len(target) - 1}; got {part!r}.")
+            target = target[int(part)]
+            continue
         if target.get(part) is None and part in OPTIONAL_KEYS:
             target[part] = {}
-        if not isinstance(target.get(part), dict):
-            raise RecipeError(f"--set: {'.'.join(path[:depth + 1])!r} is not a group of keys.")
+        if not isinstance(target.get(part), (dict, list)):
+            raise RecipeError(f"--set: {where!r} is not a group of keys.")
         target = target[part]
+    if not isinstance(target, dict):
+        raise RecipeError(f"--set: {key!r} names an item of a list; set one of its keys "
+                          f"(e.g. {key}.p) or the whole list ({path[0]}=[...]).")
     leaf = path[-1]
     allowed = set(target) | OPTIONAL_KEYS.get(path[-2] if len(path) > 1 else "", set())
-    if len(path) > 1 and path[0] != "model_args" and leaf not in allowed:
+    # A list item's keys (an augmentation op's) are checked by the recipe check below.
+    in_list = len(path) > 2 and path[-2].isdigit()
+    if len(path) > 1 and path[0] != "model_args" and not in_list and leaf not in allowed:
         raise RecipeError(
             f"--set: unknown key {key!r}; {'.'.join(path[:-1])} takes {', '.join(sorted(allowed))}."
         )
@@ -200,6 +215,8 @@ def validate(recipe):
          f"batch_size must be a whole number >= 1; got {recipe.batch_size!r}.")
     need(isinstance(recipe.val_split, int) and recipe.val_split >= 0,
          f"val_split must be a whole number >= 0; got {recipe.val_split!r}.")
+    need(recipe.val_selection in VAL_SELECTIONS,
+         f"val_selection must be one of {', '.join(VAL_SELECTIONS)}; got {recipe.val_selection!r}.")
     need(isinstance(recipe.train_images, int) and recipe.train_images >= 0,
          f"train_images must be a whole number >= 0; got {recipe.train_images!r}.")
     need(recipe.dataset in ("cifar10", "cifar100"),
