@@ -82,7 +82,8 @@ def fit_input_share(experiment, images=640):
     import keras
 
     from callbacks import EpochLog
-    from data.pipeline import CifarBatches, EpochSync
+    from callbacks import EpochSync
+    from data.pipeline import CifarBatches
     from models import build_model
     from training.optimizers import build_optimizer
 

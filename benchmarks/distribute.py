@@ -131,7 +131,7 @@ def main(argv=None):
         rows.append({"backend": backend, "strategy": kind, "replicas": replicas,
                      "images_per_second": speed, "all_rounds": speeds[(backend, kind, replicas)],
                      "speedup": speed / single, "scaling_efficiency": speed / (replicas * single)})
-    from training.engine import device_description
+    from training.machine import device_description
 
     device = device_description()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "device": device,

@@ -116,7 +116,7 @@ def main(argv=None):
     import keras
 
     from training import record
-    from training.engine import device_description
+    from training.machine import device_description
 
     runs = [run_one(args, precision, seed) for seed in args.seeds for precision in args.precision]
     config = record.read_json(os.path.join(args.output_dir, args.experiment,

@@ -437,7 +437,7 @@ def resident_mb():
 
 def cpu_description():
     """The CPU's model and the vector extensions that decide fp32 and bf16 speed."""
-    from training.engine import cpu_flags, cpu_model
+    from training.machine import cpu_flags, cpu_model
 
     model = cpu_model() or platform.processor() or platform.machine()
     flags = cpu_flags()
@@ -502,7 +502,7 @@ class Case:
         import keras
 
         from callbacks import EpochLog
-        from data.pipeline import EpochSync
+        from callbacks import EpochSync
 
         class StepClock(keras.callbacks.Callback):
             """Times steps only: the epoch's setup (iterator, callbacks) is not a step."""
@@ -1050,7 +1050,7 @@ def main(argv=None):
 
     from benchmarks.augment import machine
     from data.pipeline import input_threads
-    from training.engine import device_description
+    from training.machine import device_description
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
               "device": device_description(), "cpu": cpu_description(), "backends": args.backends,

@@ -1,5 +1,6 @@
 """Callbacks the suite adds to Keras's own (CSVLogger, TerminateOnNaN, EarlyStopping,
-LearningRateScheduler and ReduceLROnPlateau are used as they are)."""
+LearningRateScheduler and TensorBoard are used as they are); the schedule
+callbacks are in callbacks/schedules.py."""
 
 import json
 import os
@@ -55,6 +56,28 @@ class InterruptGuard(keras.callbacks.Callback):
     on_epoch_begin = on_train_batch_begin = on_test_batch_begin = _raise_if_interrupted
 
 
+class EpochSync(keras.callbacks.Callback):
+    """Tells the training batches which epoch is starting (resumed runs included),
+    and logs per epoch the seconds spent building training batches
+    (`input_seconds`) and, with a per-epoch mixup gate, whether it was open."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+        self.batches.input_seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["input_seconds"] = self.batches.input_seconds
+        mix = self.batches.mix
+        if mix is not None and mix.gate == "epoch":
+            logs["mixup"] = float(mix.epoch_is_mixed(self.batches.seed, epoch))
+
+
 class EpochLog(keras.callbacks.Callback):
     """Adds `lr` (the rate in force at the epoch's start) and `seconds` (the
     epoch's wall time, validation included) to the logs, for history.csv.
@@ -71,6 +94,40 @@ class EpochLog(keras.callbacks.Callback):
             logs.pop("learning_rate", None)
             logs["lr"] = self._lr
             logs["seconds"] = time.perf_counter() - self._start
+
+
+def _duration(seconds):
+    """3h05m, 12m30s, 48s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class RunProgress(keras.callbacks.Callback):
+    """After each epoch, one line with the run's position and an estimate of the
+    time left for the whole run: the epochs left times the median epoch time
+    (`seconds` from EpochLog; the epochs of earlier sessions count too).
+    Put it after EpochLog."""
+
+    def __init__(self, name, total_epochs, earlier_seconds=()):
+        super().__init__()
+        self.name, self.total_epochs = name, total_epochs
+        self.seconds = [s for s in earlier_seconds if s]
+        self._started = None
+
+    def on_train_begin(self, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get("seconds"):
+            self.seconds.append(float(logs["seconds"]))
+        left = self.total_epochs - (epoch + 1)
+        median = float(np.median(self.seconds)) if self.seconds else 0.0
+        print(f"{self.name}: epoch {epoch + 1} of {self.total_epochs} done; "
+              f"{_duration(time.perf_counter() - self._started)} elapsed this session, "
+              f"about {_duration(left * median)} left ({left} epochs x {median:.0f} s median)",
+              flush=True)
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):

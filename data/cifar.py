@@ -32,6 +32,7 @@ class DatasetSpec:
     test_files: tuple
     label_keys: dict  # label_mode -> pickle key
     num_classes: dict  # label_mode -> number of classes
+    class_names: dict  # label_mode -> the classes' names, in label order
 
 
 DATASETS = {
@@ -44,6 +45,8 @@ DATASETS = {
         test_files=("test_batch",),
         label_keys={"fine": b"labels"},
         num_classes={"fine": 10},
+        class_names={"fine": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                              "horse", "ship", "truck")},
     ),
     "cifar100": DatasetSpec(
         name="CIFAR-100",
@@ -54,6 +57,25 @@ DATASETS = {
         test_files=("test",),
         label_keys={"fine": b"fine_labels", "coarse": b"coarse_labels"},
         num_classes={"fine": 100, "coarse": 20},
+        class_names={
+            "fine": tuple(
+                "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy "
+                "bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock "
+                "cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish "
+                "forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
+                "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange "
+                "orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine "
+                "possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper "
+                "snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone "
+                "television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf "
+                "woman worm".split()),
+            "coarse": tuple(
+                "aquatic_mammals fish flowers food_containers fruit_and_vegetables "
+                "household_electrical_devices household_furniture insects large_carnivores "
+                "large_man-made_outdoor_things large_natural_outdoor_scenes "
+                "large_omnivores_and_herbivores medium_mammals non-insect_invertebrates people "
+                "reptiles small_mammals trees vehicles_1 vehicles_2".split()),
+        },
     ),
 }
 

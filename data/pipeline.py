@@ -4,7 +4,7 @@ TensorFlow, JAX and PyTorch backends.
 The order of epoch e and the augmentation of batch i of epoch e depend only on
 (seed, e, i). That makes runs reproducible and lets a resumed run see the data
 exactly as an uninterrupted one would: the trainer sets the epoch through
-`EpochSync` before each epoch, and Keras's own batch shuffling stays off.
+callbacks.EpochSync before each epoch, and Keras's own batch shuffling stays off.
 
 It also lets batches be built in any thread. With `threads=N` (N > 1), asking
 for batch i of epoch e hands back that batch and starts building the next
@@ -132,25 +132,3 @@ class CifarBatches(keras.utils.PyDataset):
             self._pending.clear()
         if pool is not None:
             pool.shutdown(wait=True)
-
-
-class EpochSync(keras.callbacks.Callback):
-    """Tells the training batches which epoch is starting (resumed runs included),
-    and logs per epoch the seconds spent building training batches
-    (`input_seconds`) and, with a per-epoch mixup gate, whether it was open."""
-
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches.set_epoch(epoch)
-        self.batches.input_seconds = 0.0
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["input_seconds"] = self.batches.input_seconds
-        mix = self.batches.mix
-        if mix is not None and mix.gate == "epoch":
-            logs["mixup"] = float(mix.epoch_is_mixed(self.batches.seed, epoch))

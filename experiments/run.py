@@ -52,9 +52,15 @@ def parse_args(argv):
                              "(fast where the hardware has it: GPUs, CPUs with AMX)")
     parser.add_argument("--input-threads", type=int, default=0, metavar="N",
                         help="threads that build training batches ahead of the step (the batches "
-                             "are the same for any N); default 0: half the cores, 1 to 8")
+                             "are the same for any N): 1 to 8, or 0 (default) for half the cores")
     parser.add_argument("--quick", action="store_true",
-                        help="2 epochs on a few hundred images: checks an install in about a minute")
+                        help="2 epochs on 256 training and 128 validation images: checks an install "
+                             "in about a minute; an explicit --epochs or --val-split wins over it")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard logs (loss, accuracy, lr, epoch seconds) into "
+                             "<run>/tensorboard; view with: tensorboard --logdir runs/")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved recipe(s) as JSON and exit (loads no data)")
     return parser.parse_args(argv)
 
 
@@ -63,37 +69,98 @@ def fail(message, code):
     return code
 
 
-_PARAMETER_COUNTS = {}  # (model, args, classes) -> counts, shared by listings in one process
+def _counts_cache_path():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cifar-repro", "parameter_counts.json")
+
+
+def _model_code_key():
+    """A hash of the network code and the Keras version: cached counts hold while both do."""
+    import hashlib
+    from importlib import metadata
+
+    digest = hashlib.sha256(metadata.version("keras").encode())
+    folder = os.path.join(ROOT, "models")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as stream:
+                digest.update(name.encode() + stream.read())
+    return digest.hexdigest()[:16]
+
+
+class ParameterCounts:
+    """(trainable, non-trainable) per (network, arguments, classes): from the cache
+    when the network code is unchanged (the listing then prints at once), else
+    counted from the built model (~20 s for all) and cached.
+    tests/test_models.py checks the built counts against the papers'."""
+
+    def __init__(self):
+        self.path, self.key = _counts_cache_path(), _model_code_key()
+        self.counts, self.changed = {}, False
+        try:
+            with open(self.path) as stream:
+                saved = json.load(stream)
+            if saved.get("key") == self.key:
+                self.counts = saved.get("counts", {})
+        except (OSError, ValueError):
+            pass
+
+    def __call__(self, recipe, num_classes):
+        key = f"{recipe.model} {json.dumps(recipe.model_args, sort_keys=True)} {num_classes}"
+        if key not in self.counts:
+            import keras
+
+            from models import build_model, count_params
+
+            self.counts[key] = list(count_params(build_model(recipe.model, num_classes,
+                                                             **recipe.model_args)))
+            keras.backend.clear_session()
+            self.changed = True
+        return self.counts[key]
+
+    def save(self):
+        if not self.changed:
+            return
+        try:
+            from training import record
+
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            record.write_json(self.path, {"key": self.key, "counts": self.counts})
+        except OSError:
+            pass  # a cache only
 
 
 def listing(as_json):
     from data.cifar import DATASETS
     from experiments.recipes import EXPERIMENTS, GROUPS
-    from models import build_model, count_params
+    from experiments.searches import SEARCHES
 
-    import keras
+    counts = ParameterCounts()
 
     def rows():
-        counted = _PARAMETER_COUNTS
         for recipe in EXPERIMENTS.values():
             num_classes = DATASETS[recipe.dataset].num_classes[recipe.label_mode]
-            key = (recipe.model, json.dumps(recipe.model_args, sort_keys=True), num_classes)
-            if key not in counted:
-                counted[key] = count_params(build_model(recipe.model, num_classes,
-                                                        **recipe.model_args))
-                keras.backend.clear_session()
-            trainable, non_trainable = counted[key]
-            yield {"name": recipe.name, "paper": recipe.paper, "model": recipe.model,
-                   "model_args": recipe.model_args, "dataset": recipe.dataset,
-                   "trainable_params": trainable, "non_trainable_params": non_trainable,
+            trainable, non_trainable = counts(recipe, num_classes)
+            yield {"kind": "experiment", "name": recipe.name, "paper": recipe.paper,
+                   "model": recipe.model, "model_args": recipe.model_args,
+                   "dataset": recipe.dataset, "trainable_params": trainable,
+                   "non_trainable_params": non_trainable,
                    "paper_accuracy": recipe.paper_accuracy, "paper_source": recipe.paper_source,
                    "epochs": recipe.epochs, "notes": recipe.notes}
 
     if as_json:
-        print(json.dumps(list(rows()), indent=2))  # groups are in the text listing
+        # Experiments first, as before; groups and searches follow, told apart by "kind".
+        entries = list(rows())
+        entries += [{"kind": "group", "name": name, "members": members}
+                    for name, members in GROUPS.items()]
+        entries += [{"kind": "search", "name": search.name, "base": search.base,
+                     "budget": search.budget, "description": search.description}
+                    for search in SEARCHES.values()]
+        print(json.dumps(entries, indent=2))
+        counts.save()
         return 0
-    # Each row as soon as its network is built and counted (some 40 networks: ~20 s in all);
-    # the columns are as wide as the longest name, so every row lines up.
+    # Each row as soon as its network is counted; the columns are as wide as the
+    # longest name, so every row lines up.
     def width(header, field):
         return max(len(header), *(len(getattr(recipe, field)) for recipe in EXPERIMENTS.values()))
 
@@ -108,9 +175,13 @@ def listing(as_json):
               f"{row['trainable_params']:>11,} {accuracy:>9}", flush=True)
         if row["notes"]:
             print(f"{'':<{name_width}} note: {row['notes']}", flush=True)
+    counts.save()
     print("\ngroups:")
     for group, members in GROUPS.items():
         print(f"  {group}: {' -> '.join(members)}")
+    print("\nsearches (experiments/tune.py):")
+    for search in SEARCHES.values():
+        print(f"  {search.name}: on {search.base}; {search.description}")
     return 0
 
 
@@ -139,16 +210,24 @@ def resolve(args):
     return [apply_overrides(EXPERIMENTS[name], edits) for name in names]
 
 
+def quick_keeps(args):
+    """The recipe fields set explicitly on the command line that --quick keeps as given."""
+    named = {assignment.split("=", 1)[0].strip() for assignment in args.set}
+    return tuple(field for field, flag in (("epochs", args.epochs), ("val_split", args.val_split))
+                 if flag is not None or field in named)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         return listing(args.json)
     if not args.name:
         return fail("name an experiment or group (see --list).", USAGE_ERROR)
-    if args.input_threads < 0:
-        return fail(f"--input-threads must be 0 (half the cores) or more; got {args.input_threads}.",
-                    USAGE_ERROR)
 
+    from training.machine import import_keras
+
+    import_keras()  # without TensorFlow's CUDA probing on the console
+    from plots.run_plots import plot_run
     from training.engine import RunError, RunOptions, run_directory, train
     from training.recipe import RecipeError
     from training.transfer import TransferError
@@ -162,16 +241,26 @@ def main(argv=None):
         options = RunOptions(output_dir=args.output_dir, run_id=args.run_id, seed=args.seed,
                              deterministic=args.deterministic, distribute=args.distribute,
                              precision=args.precision, input_threads=args.input_threads,
-                             data_dir=args.data_dir, quick=args.quick,
+                             data_dir=args.data_dir, quick=args.quick, tensorboard=args.tensorboard,
+                             quick_keeps=quick_keeps(args),
                              verbose=1 if sys.stdout.isatty() else 2)
     except RunError as error:
         return fail(str(error), USAGE_ERROR)
+    if args.print_config:
+        from training.engine import quick_recipe
+
+        resolved = [quick_recipe(recipe, options.quick_keeps) if args.quick else recipe
+                    for recipe in recipes]
+        print(json.dumps([recipe.to_dict() for recipe in resolved] if len(resolved) > 1
+                         else resolved[0].to_dict(), indent=2))
+        return 0
     failed = []
     for index, recipe in enumerate(recipes, 1):
         if len(recipes) > 1:
-            print(f"== {args.name}: experiment {index} of {len(recipes)}: {recipe.name}", flush=True)
+            print(f"== {args.name}: member {index} of {len(recipes)}: {recipe.name}", flush=True)
         try:
             metrics = train(recipe, options)
+            plot_run(run_directory(recipe, options))
         except (DataError, RecipeError) as error:
             return fail(str(error), USAGE_ERROR if isinstance(error, RecipeError) else RUN_ERROR)
         except (RunError, TransferError) as error:
@@ -187,7 +276,7 @@ def main(argv=None):
         best = metrics.get("best_val_accuracy")
         # Counted from 1, as Keras's progress lines and the plots count epochs
         # (history.csv and metrics.json keep Keras's 0-based index).
-        outcome = (f"best validation accuracy {best:.4f} at epoch {metrics['best_epoch'] + 1}"
+        outcome = (f"best validation accuracy {100 * best:.2f}% at epoch {metrics['best_epoch'] + 1}"
                    if best is not None else "finished")
         # The record's folder is named: --output-dir defaults to the repository's
         # runs/, which is not where a user who ran from elsewhere would look.

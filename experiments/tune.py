@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from training.search import SEARCHES  # noqa: E402
+from experiments.searches import SEARCHES  # noqa: E402
 
 TUNERS = ("random", "bayesian", "hyperband")
 USAGE_ERROR, RUN_ERROR = 2, 1
@@ -58,6 +58,9 @@ def parse_args(argv):
                         help="seed of the oracle and of every trial's run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="edit the base recipe for every trial, as run.py's --set")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the search folder's trials and start over (a folder made "
+                             "with other settings is otherwise refused)")
     parser.add_argument("--trial", help=argparse.SUPPRESS)  # internal: one trial's process
     return parser.parse_args(argv)
 
@@ -141,14 +144,17 @@ def train_trial(spec):
     """The trial process: the base recipe with the trial's edits, through the engine."""
     from data.cifar import DataError
     from experiments.recipes import EXPERIMENTS
-    from training.engine import RunError, RunOptions, train
+    from plots.run_plots import plot_run
+    from training.engine import RunError, RunOptions, run_directory, train
     from training.recipe import RecipeError, apply_overrides
 
     try:
         recipe = apply_overrides(EXPERIMENTS[spec["base"]], spec["edits"])
-        train(recipe, RunOptions(output_dir=spec["runs_dir"], run_id=spec["run_id"],
-                                 seed=spec["seed"], data_dir=spec["data_dir"],
-                                 quick=spec["quick"], verbose=0))
+        options = RunOptions(output_dir=spec["runs_dir"], run_id=spec["run_id"],
+                             seed=spec["seed"], data_dir=spec["data_dir"], quick=spec["quick"],
+                             verbose=0)
+        train(recipe, options)
+        plot_run(run_directory(recipe, options))
     except (DataError, RecipeError, RunError) as error:
         return fail(str(error), FATAL_EXIT)
     except KeyboardInterrupt:
@@ -237,12 +243,13 @@ def make_tuner(args):
             scores = [t["score"] for t in results if t["score"] is not None]  # trained trials
             total = args.max_trials if args.tuner != "hyperband" else "?"
             score = self.oracle.get_trial(trial.trial_id).score
+            score = f"{100 * score:.2f}%" if score is not None else "none"
             this = next((t for t in results if t["trial_id"] == trial.trial_id), {})
             if this.get("status") == "over_budget":  # its 0.0 is not an accuracy
                 score = (f"over budget ({this['trainable_params']:,} > {search.budget:,} "
                          f"parameters), not trained")
             print(f"[{self.tuner_id}] trial {finished} of {total} done: score {score}, "
-                  f"best so far {max(scores) if scores else 'none trained'}, "
+                  f"best so far {f'{100 * max(scores):.2f}%' if scores else 'none trained'}, "
                   f"elapsed {time.time() - self.started:.0f} s", flush=True)
             if os.environ.get("KERASTUNER_TUNER_ID") is None:
                 write_outputs(args)
@@ -290,6 +297,45 @@ def collect_results(args):
     return trials
 
 
+# What a search folder was made with: a rerun with other values would mix trials of
+# two searches (quick trials under a full search, a random oracle reloaded as bayesian).
+SETTINGS = ("tuner", "quick", "epochs", "set", "seed")
+
+
+def check_settings(args):
+    """Records this search's settings in <folder>/search.json, or refuses a folder
+    whose trials were made with others; returns an error message or None."""
+    from training import record
+
+    path = os.path.join(search_dir(args), "search.json")
+    wanted = {"tuner": args.tuner, "quick": args.quick, "epochs": args.epochs,
+              "set": list(args.set), "seed": args.seed}
+    if os.path.exists(path):
+        saved = record.read_json(path)
+        changed = [f"{key}: {saved.get(key)!r} -> {wanted[key]!r}" for key in SETTINGS
+                   if saved.get(key) != wanted[key]]
+        if changed:
+            return (f"{search_dir(args)} holds a search made with other settings "
+                    f"({'; '.join(changed)}). Pass --directory with another folder, or "
+                    f"--overwrite to delete its trials and start over.")
+    record.write_json(path, wanted)
+    return None
+
+
+def log_sampled(args):
+    """The names of the search's hyperparameters sampled on a log scale."""
+    from training import record
+
+    folder = search_dir(args)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, "trial.json")
+        if name.startswith("trial_") and os.path.exists(path):
+            space = record.read_json(path).get("hyperparameters", {}).get("space", [])
+            return {entry["config"]["name"] for entry in space
+                    if entry.get("config", {}).get("sampling") == "log"}
+    return set()
+
+
 def write_outputs(args):
     """results.json, best.keras, best_command.txt and the plots, from the files alone."""
     from plots.style import COLORS, line_chart
@@ -331,6 +377,7 @@ def write_outputs(args):
                  "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
                vlines=[(search.budget / 1e6, "budget", COLORS["best"])] if search.budget else ())
     names = sorted({k for t in completed for k in t["hyperparameters"] if not k.startswith("tuner/")})
+    logarithmic = log_sampled(args)
     for name in names:
         points = [(t["hyperparameters"][name], t["score"]) for t in completed
                   if name in t["hyperparameters"]]
@@ -338,7 +385,8 @@ def write_outputs(args):
         line_chart(os.path.join(folder, f"hp_{name}.png"),
                    f"{args.search}: {name} against score{quick}", name, ylabel,
                    [{"label": "trials", "x": x, "y": [100 * s for _, s in points],
-                     "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}])
+                     "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
+                   log_x=name in logarithmic)
     return best
 
 
@@ -374,6 +422,9 @@ def run_distributed(args, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    from training.machine import import_keras
+
+    import_keras()  # without TensorFlow's CUDA probing on the console
     if args.trial:
         spec = json.loads(args.trial)
         if sys.platform.startswith("linux"):
@@ -409,11 +460,39 @@ def main(argv=None):
         ensure_available(base.dataset, args.data_dir, base.label_mode)
     except DataError as error:
         return fail(str(error), RUN_ERROR)
+    from training import record
+
+    # One search process per folder (its workers, and a distributed search's
+    # processes, which KERASTUNER_TUNER_ID names, share the chief's folder).
+    lock = None
     try:
-        os.makedirs(search_dir(args), exist_ok=True)
+        if os.environ.get("KERASTUNER_TUNER_ID") is None:
+            lock = record.FolderLock(search_dir(args), "search").acquire()
+        else:
+            os.makedirs(search_dir(args), exist_ok=True)
+    except record.FolderBusy as error:
+        return fail(str(error), RUN_ERROR)
     except OSError as error:
         return fail(f"cannot write the search to {search_dir(args)} ({error.strerror}); pass "
                     f"--directory with a writable folder.", RUN_ERROR)
+    try:
+        return search_locked(args, argv)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def search_locked(args, argv):
+    """main() once the search folder is this process's."""
+    if args.overwrite and os.environ.get("KERASTUNER_TUNER_ID") is None:
+        folder = search_dir(args)
+        for name in os.listdir(folder):
+            if name != ".lock":
+                path = os.path.join(folder, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    problem = check_settings(args)
+    if problem:
+        return fail(problem, USAGE_ERROR)
     if args.workers:
         failure = run_distributed(args, argv)
         if failure is not None:
@@ -443,7 +522,7 @@ def main(argv=None):
                         "(fewer blocks or smaller widths).", RUN_ERROR)
         return fail("no trial completed; see the trial folders for the reasons.", RUN_ERROR)
     # Named as its folders are (trial_<id>, KerasTuner's ids count from 0).
-    print(f"{args.search}: {len(trials)} trials; best {best['score']:.4f} (trial_{best['trial_id']}, "
+    print(f"{args.search}: {len(trials)} trials; best {100 * best['score']:.2f}% (trial_{best['trial_id']}, "
           f"{best['trainable_params']:,} parameters); results, plots and trials in "
           f"{search_dir(args)}. Train it in full with:\n  "
           + open(os.path.join(search_dir(args), "best_command.txt")).read().strip())

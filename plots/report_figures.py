@@ -1,4 +1,5 @@
-"""The studies' comparison figures, from run records (and, for schedules, recipes).
+"""The studies' comparison figures, from run records (and, for schedules, the recipes
+report.py passes in).
 
 Every figure goes through plots.style (line_chart, bar_chart), which also
 writes the plotted numbers as <figure>.json beside the PNG.
@@ -8,9 +9,9 @@ import json
 import math
 import os
 
-from experiments.recipes import EXPERIMENTS, GROUPS
 from plots.style import COLORS, bar_chart, line_chart
 from training import schedules
+from training.optimizers import optimizer_learning_rate
 
 LINESTYLES = ["-", "--", "-.", ":"]
 CURVE_GROUPS = ("cnn_progression", "norm_comparison", "mobilenetv2_expansion", "optimizer_comparison")
@@ -50,10 +51,10 @@ def _percent(value):
     return None if value is None else round(100.0 * value, 4)
 
 
-def group_curves(chosen, out):
+def group_curves(chosen, out, groups):
     paths = []
     for group in CURVE_GROUPS:
-        members = [chosen[name] for name in GROUPS[group] if name in chosen]
+        members = [chosen[name] for name in groups.get(group, ()) if name in chosen]
         if not members:
             continue
         # The papers validate on the test set; a run with --val-split held out training images.
@@ -76,12 +77,12 @@ def group_curves(chosen, out):
     return paths
 
 
-def progression_bars(runs, chosen, out):
-    members = [name for name in GROUPS["cnn_progression"] if name in chosen]
+def progression_bars(runs, chosen, out, experiments, groups):
+    members = [name for name in groups.get("cnn_progression", ()) if name in chosen]
     if not members:
         return []
     ours = [mean_percent(runs, chosen[name], "best_test_accuracy") for name in members]
-    paper = [EXPERIMENTS[name].paper_accuracy for name in members]
+    paper = [experiments[name].paper_accuracy for name in members]
     labels = [_label(chosen[name]).replace(" (", "\n(") for name in members]
     return [bar_chart(os.path.join(out, "cnn_progression_best.png"),
                       "CNN to ResNet (paper 004): best test accuracy", "test accuracy (%)", labels,
@@ -137,8 +138,8 @@ def noise_figures(runs, out):
     return paths
 
 
-def resnet5m_scatter(runs, chosen, out):
-    rows = [name for name in GROUPS["resnet5m_table"] if name in chosen]
+def resnet5m_scatter(runs, chosen, out, experiments, groups):
+    rows = [name for name in groups.get("resnet5m_table", ()) if name in chosen]
     if not rows:
         return []
     params = [chosen[name].metrics["trainable_params"] / 1e6 for name in rows]
@@ -150,7 +151,7 @@ def resnet5m_scatter(runs, chosen, out):
         [{"label": "ours (best epoch, mean over runs)", "x": params,
           "y": [mean_percent(runs, chosen[name], "best_test_accuracy") for name in rows],
           "style": {"color": COLORS["validation"], "marker": "o", "linestyle": "none"}},
-         {"label": "paper", "x": params, "y": [EXPERIMENTS[name].paper_accuracy for name in rows],
+         {"label": "paper", "x": params, "y": [experiments[name].paper_accuracy for name in rows],
           "style": {"color": COLORS["paper"], "marker": "x", "linestyle": "none"}}])]
 
 
@@ -163,16 +164,16 @@ def recipe_rates(recipe):
         return None
     if kind == "step_iterations":
         steps_per_epoch = math.ceil((50000 - recipe.val_split) / recipe.batch_size)
-        rate = schedules.optimizer_learning_rate(recipe.schedule, lr)
+        rate = optimizer_learning_rate(recipe.schedule, lr)
         return [float(rate(epoch * steps_per_epoch)) for epoch in range(recipe.epochs)]
     return [schedules.lr_at(epoch, recipe.schedule, lr, recipe.epochs) for epoch in range(recipe.epochs)]
 
 
-def schedule_figures(out):
+def schedule_figures(out, experiments):
     """Per paper, each distinct schedule once, labelled with the experiments that use it."""
     paths = []
     papers = {}
-    for recipe in EXPERIMENTS.values():
+    for recipe in experiments.values():
         papers.setdefault(recipe.paper, []).append(recipe)
     for paper, recipes in papers.items():
         distinct = {}
@@ -233,8 +234,10 @@ def search_frontiers(searches, out):
     return paths
 
 
-def write_figures(runs, out, searches=()):
+def write_figures(runs, out, experiments, groups, searches=()):
+    """Every figure; `experiments` and `groups` are the recipes and groups by name
+    (experiments.recipes), which give the papers' numbers and the studies' members."""
     chosen = representative(runs)
-    return (group_curves(chosen, out) + progression_bars(runs, chosen, out)
-            + noise_figures(runs, out) + resnet5m_scatter(runs, chosen, out) + schedule_figures(out)
-            + search_frontiers(searches, out))
+    return (group_curves(chosen, out, groups) + progression_bars(runs, chosen, out, experiments, groups)
+            + noise_figures(runs, out) + resnet5m_scatter(runs, chosen, out, experiments, groups)
+            + schedule_figures(out, experiments) + search_frontiers(searches, out))

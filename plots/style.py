@@ -32,32 +32,39 @@ def save(fig, path):
     os.replace(temporary, path)
 
 
-def write_data(path, title, xlabel, ylabel, series):
+def write_data(path, title, xlabel, ylabel, series, **axes):
     """The numbers behind a figure, next to it as <figure>.json, so a figure can be
-    checked (or re-plotted elsewhere) without reading pixels."""
+    checked (or re-plotted elsewhere) without reading pixels; `axes` adds facts such
+    as xscale="log"."""
     import json
 
     from training.record import atomic_write_text
 
-    data = {"title": title, "xlabel": xlabel, "ylabel": ylabel,
+    data = {"title": title, "xlabel": xlabel, "ylabel": ylabel, **axes,
             "series": [{key: value for key, value in line.items() if key != "style"}
                        for line in series]}
     atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(data, indent=1) + "\n")
 
 
-def line_chart(path, title, xlabel, ylabel, series, *, log_y=False, vlines=(), size=(6.4, 4.2)):
+def line_chart(path, title, xlabel, ylabel, series, *, log_y=False, log_x=False, vlines=(),
+               hlines=(), size=(6.4, 4.2)):
     """Lines (or markers) on one axes. series: [{"label", "x", "y", "style": {...}}],
-    style being matplotlib keyword arguments; vlines: [(x, label, color)]."""
+    style being matplotlib keyword arguments; vlines and hlines: [(x or y, label, color)]."""
     fig, axes = figure(title, xlabel, ylabel, size)
     for line in series:
         axes.plot(line["x"], line["y"], label=line["label"], **line.get("style", {}))
     for x, label, color in vlines:
         axes.axvline(x, color=color, linestyle="--", label=label)
+    for y, label, color in hlines:
+        axes.axhline(y, color=color, linestyle=":", label=label)
     if log_y:
         axes.set_yscale("log")
-    if series or vlines:
+    if log_x:
+        axes.set_xscale("log")
+    if series or vlines or hlines:
         axes.legend(fontsize="small")
-    write_data(path, title, xlabel, ylabel, series)
+    write_data(path, title, xlabel, ylabel, series, xscale="log" if log_x else "linear",
+               yscale="log" if log_y else "linear")
     save(fig, path)
     return path
 
@@ -81,5 +88,31 @@ def bar_chart(path, title, ylabel, categories, bars, size=(8.0, 4.5)):
     axes.legend(fontsize="small")
     write_data(path, title, "", ylabel,
                [{"label": bar["label"], "x": list(categories), "y": list(bar["y"])} for bar in bars])
+    save(fig, path)
+    return path
+
+
+def heatmap(path, title, xlabel, ylabel, labels, matrix, size=(7.0, 6.0)):
+    """A square matrix (a confusion matrix: rows true, columns predicted) with its
+    values written in the cells where there are few enough of them to read."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    fig, axes = figure(title, xlabel, ylabel, size)
+    axes.grid(False)
+    image = axes.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    if len(labels) <= 20:
+        axes.set_xticks(range(len(labels)))
+        axes.set_xticklabels(labels, rotation=60, ha="right", fontsize="small")
+        axes.set_yticks(range(len(labels)))
+        axes.set_yticklabels(labels, fontsize="small")
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (row, column), value in np.ndenumerate(matrix):
+            axes.text(column, row, f"{value:g}", ha="center", va="center", fontsize="x-small",
+                      color="white" if value > threshold else "black")
+    write_data(path, title, xlabel, ylabel,
+               [{"label": name, "x": list(labels), "y": matrix[index].tolist()}
+                for index, name in enumerate(labels)])
     save(fig, path)
     return path

@@ -21,7 +21,7 @@ from data.noise import CIFAR10_ASYMMETRIC, corrupt_labels, validate_noise
 from data.normalize import Normalizer
 from experiments.recipes import EXPERIMENTS, GROUPS
 from training import schedules
-from training.optimizers import build_optimizer
+from training.optimizers import build_optimizer, optimizer_learning_rate
 from training.recipe import RecipeError, apply_override, apply_overrides, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +121,7 @@ def test_recipe_schedules_give_the_papers_rates():
         "plateau", "val_loss", 0.1, 5)
     for depth in (20, 110):
         he = EXPERIMENTS[f"resnet{depth}"]
-        rate = schedules.optimizer_learning_rate(he.schedule, he.optimizer["learning_rate"])
+        rate = optimizer_learning_rate(he.schedule, he.optimizer["learning_rate"])
         # Keras passes the updates done so far: the update after 32,000 uses 0.01.
         assert float(rate(31999)) == pytest.approx(0.1) and float(rate(32000)) == pytest.approx(0.01)
         assert float(rate(47999)) == pytest.approx(0.01) and float(rate(48000)) == pytest.approx(0.001)
@@ -329,7 +329,7 @@ def test_quick_runs_with_the_papers_augmentation(shared_cifar10, tmp_path, name,
 def test_16_bit_precision_on_a_cpu_without_its_instructions_is_warned_of():
     import platform
 
-    from training.engine import cpu_flags, precision_warning
+    from training.machine import cpu_flags, precision_warning
 
     avx2 = {"sse2", "avx", "avx2", "fma"}
     warning = precision_warning("bf16", "CPU (2 cores, x86_64)", avx2)
@@ -356,16 +356,16 @@ def test_the_run_record_names_the_cpu_model(tmp_path, monkeypatch, cpuinfo, mode
     like with like."""
     import builtins
 
-    from training import engine
+    from training import machine
 
     fake = tmp_path / "cpuinfo"
     fake.write_text(cpuinfo)
     real_open = builtins.open
-    monkeypatch.setattr(engine, "open", lambda path, *args, **kwargs: real_open(
+    monkeypatch.setattr(machine, "open", lambda path, *args, **kwargs: real_open(
         fake if path == "/proc/cpuinfo" else path, *args, **kwargs), raising=False)
-    assert engine.cpu_model() == model and engine.cpu_flags() == flags
+    assert machine.cpu_model() == model and machine.cpu_flags() == flags
     expected = f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores, "
-    assert engine.device_description().startswith(expected)  # the suite's tests run on a CPU
+    assert machine.device_description().startswith(expected)  # the suite's tests run on a CPU
 
 
 def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):
@@ -429,7 +429,7 @@ def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
     result = run("norm_comparison", "--quick", "--data-dir", shared_cifar10, "--output-dir", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "norm_instance: already completed" in result.stdout
-    assert "experiment 3 of 4: norm_group" in result.stdout
+    assert "member 3 of 4: norm_group" in result.stdout
     for member in GROUPS["norm_comparison"]:
         run_dir = os.path.join(out, member, "seed0-quick")
         with open(os.path.join(run_dir, "status.json")) as stream:

@@ -18,15 +18,19 @@ REPORT = os.path.join(ROOT, "experiments", "report.py")
 RUN = os.path.join(ROOT, "experiments", "run.py")
 
 
-def write_record(runs, name, run_id, best, final, epochs=None, quick=False, noise=None, seconds=60.0):
-    """A completed run record as training.engine writes it."""
+def write_record(runs, name, run_id, best, final, epochs=None, quick=False, noise=None, seconds=60.0,
+                 data="original", history_epochs=None):
+    """A completed run record as training.engine writes it (`epochs` as --epochs
+    sets it; `history_epochs` fewer rows than that, as no finished run has)."""
     recipe = EXPERIMENTS[name].to_dict()
-    epochs = epochs or recipe["epochs"]
+    full_epochs = recipe["epochs"]
+    epochs = recipe["epochs"] = epochs or recipe["epochs"]  # as --epochs and --quick leave it
     folder = os.path.join(runs, name, run_id)
     os.makedirs(folder)
     config = {"experiment": name, "recipe": recipe, "seed": 0, "quick": quick,
-              "backend": "tensorflow", "device": "CPU (2 cores, x86_64)", "platform": "Linux"}
-    metrics = {"epochs_run": epochs, "recipe_epochs": epochs, "full_recipe_epochs": recipe["epochs"],
+              "backend": "tensorflow", "device": "CPU (2 cores, x86_64)", "platform": "Linux",
+              "data_origin": data}
+    metrics = {"epochs_run": epochs, "recipe_epochs": epochs, "full_recipe_epochs": full_epochs,
                "best_test_accuracy": best, "final_test_accuracy": final, "best_val_accuracy": best,
                "final_val_accuracy": final, "trainable_params": 1000, "validation_is_test": True,
                "paper_accuracy": recipe["paper_accuracy"], "paper_source": recipe["paper_source"],
@@ -39,7 +43,7 @@ def write_record(runs, name, run_id, best, final, epochs=None, quick=False, nois
     with open(os.path.join(folder, "history.csv"), "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(columns)
-        for epoch in range(epochs):
+        for epoch in range(history_epochs or epochs):
             value = final * (epoch + 1) / epochs
             row = {"epoch": epoch, "accuracy": value, "loss": 2 - value, "lr": 0.1, "seconds": 1.0,
                    "val_accuracy": value, "val_loss": 2.5 - value,
@@ -322,3 +326,76 @@ def test_runs_are_averaged_only_with_runs_of_the_same_setting(tmp_path):
 
     chosen = representative(loaded)["cnn_baseline"]
     assert chosen.precision == "fp32" and mean_percent(loaded, chosen, "best_test_accuracy") == pytest.approx(71.0)
+
+
+def test_report_names_the_data_and_refuses_unfinished_records(tmp_path):
+    """Rows say which images trained; a gap beyond the seed spread plus the JPEG
+    rebuild's allowance is marked; a record short of its own recipe's epochs, or
+    not completed, is named and skipped, while a deliberately short run (--epochs)
+    is reported as short."""
+    from experiments import report
+
+    runs = str(tmp_path / "runs")
+    write_record(runs, "cnn_baseline", "seed0", 0.66, 0.65, data="jpeg_rebuild")  # -2: within 1 + 4
+    write_record(runs, "resnet_step", "seed0", 0.80, 0.79, data="jpeg_rebuild")  # -13.4: beyond
+    write_record(runs, "cnn_vgg3", "seed0", 0.7, 0.7, history_epochs=40)  # 40 of 100 rows
+    running = write_record(runs, "cnn_l2", "seed0", 0.7, 0.7)
+    record.write_status(running, "running")
+    write_record(runs, "noisy_labels_symmetric40", "seed0", 0.6, 0.55, epochs=15,
+                 noise=("symmetric", 0.4), data="jpeg_rebuild")
+    loaded, problems = report.load_runs(runs)
+    assert sorted(run.experiment for run in loaded) == [
+        "cnn_baseline", "noisy_labels_symmetric40", "resnet_step"]
+    assert problems == ["cnn_l2/seed0: status running, skipped",
+                        "cnn_vgg3/seed0: 40 of its recipe's 100 epochs in history.csv, skipped "
+                        "(rerun its command to finish it)"]
+    rows = {row["experiment"]: row for row in report.summarise(loaded)}
+    assert rows["cnn_baseline"]["data"] == "jpeg_rebuild" and not rows["cnn_baseline"]["beyond_allowance"]
+    assert rows["resnet_step"]["beyond_allowance"]
+    assert rows["noisy_labels_symmetric40"]["kind"] == "short: 15 of 50 epochs"
+    assert rows["noisy_labels_symmetric40"]["gap"] is None
+    text = report.results_markdown(report.summarise(loaded), problems)
+    assert "| cnn_baseline | **full** | 1 | JPEG rebuild |" in text
+    assert "| -13.36 † |" in text
+    table = report.readme_table(report.summarise(loaded))
+    assert "| resnet_step | 93.36 | 80.00 | 79.00 | 1 | JPEG rebuild | 100 / 100 | full |" in table
+    assert "| noisy_labels_symmetric40 | - | 60.00 | 55.00 | 1 | JPEG rebuild | 15 / 50 | short |" \
+        in table
+
+
+def test_report_writes_the_readme_table_between_its_markers(tmp_path):
+    from experiments import report
+
+    runs = str(tmp_path / "runs")
+    write_record(runs, "cnn_baseline", "seed0", 0.66, 0.65, data="jpeg_rebuild")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# top\n\n{report.README_START}\nold table\n{report.README_END}\nrest\n")
+    out = str(tmp_path / "reports")
+    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--out", out,
+                             "--readme", str(readme)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = readme.read_text()
+    summary = json.load(open(os.path.join(out, "results.json")))
+    assert text == (f"# top\n\n{report.README_START}\n{report.readme_table(summary)}\n"
+                    f"{report.README_END}\nrest\n")
+    readme.write_text("no markers\n")
+    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--out", out,
+                             "--readme", str(readme)], capture_output=True, text=True)
+    assert result.returncode == 2 and "has no results block" in result.stderr
+    assert readme.read_text() == "no markers\n"
+
+
+def test_collect_copies_finished_records_without_weights(tmp_path):
+    from experiments import collect
+
+    runs, target = str(tmp_path / "runs"), str(tmp_path / "results")
+    done = write_record(runs, "cnn_baseline", "seed0", 0.7, 0.69)
+    for name in ("best.keras", "noise.npz"):
+        open(os.path.join(done, name), "w").close()
+    os.makedirs(os.path.join(done, "backup"))
+    running = write_record(runs, "cnn_vgg3", "seed0", 0.7, 0.69)
+    record.write_status(running, "running")
+    copied, skipped = collect.collect(runs, target)
+    assert copied == ["cnn_baseline/seed0"] and skipped == ["cnn_vgg3/seed0 (running)"]
+    assert sorted(os.listdir(os.path.join(target, "cnn_baseline", "seed0"))) == [
+        "config.json", "history.csv", "metrics.json", "status.json"]

@@ -175,7 +175,7 @@ def test_plateau_counters_survive_a_resume(tmp_path):
     with the best value, bad-epoch count and cooldown of the epoch it resumes at."""
     import keras
 
-    from training.schedules import TorchReduceLROnPlateau
+    from callbacks.schedules import TorchReduceLROnPlateau
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.001), loss="mse")

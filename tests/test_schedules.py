@@ -7,7 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+from callbacks.schedules import TorchReduceLROnPlateau, schedule_callbacks
 from training import schedules
+from training.optimizers import optimizer_learning_rate
 from experiments.recipes import EXPERIMENTS
 from training.schedules import lr_at, onecycle_at
 
@@ -113,7 +115,7 @@ def test_he_iteration_boundaries_match_multistep_stepped_per_iteration():
     """torch's MultiStepLR([32000, 48000]) stepped after each update: the update
     made after 32,000 updates (iterations == 32000 in Keras) already uses 0.01."""
     torch = pytest.importorskip("torch")
-    schedule = schedules.optimizer_learning_rate(
+    schedule = optimizer_learning_rate(
         {"kind": "step_iterations", "boundaries": [32000, 48000]}, 0.1)
     steps = [0, 1, 31999, 32000, 32001, 47999, 48000, 48001, 63999]
     ours = [float(keras.ops.convert_to_numpy(schedule(step))) for step in steps]
@@ -129,7 +131,7 @@ def test_he_iteration_boundaries_match_multistep_stepped_per_iteration():
     assert ours[steps.index(31999)] == pytest.approx(0.1)
     assert ours[steps.index(32000)] == pytest.approx(0.01)
     # resnet110's warm-up: 0.01 for 400 updates, then He et al.'s schedule.
-    warm = schedules.optimizer_learning_rate(EXPERIMENTS["resnet110"].schedule, 0.1)
+    warm = optimizer_learning_rate(EXPERIMENTS["resnet110"].schedule, 0.1)
     rates = {step: float(keras.ops.convert_to_numpy(warm(step)))
              for step in (0, 399, 400, 31999, 32000, 48000)}
     assert rates == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01,
@@ -148,7 +150,7 @@ def _plateau_against_torch(losses, **options):
         expected.append(optimizer.param_groups[0]["lr"])
         scheduler.step(loss)
 
-    callback = schedules.TorchReduceLROnPlateau(monitor="val_loss", **options)
+    callback = TorchReduceLROnPlateau(monitor="val_loss", **options)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     callback.set_model(model)
@@ -236,14 +238,14 @@ def test_every_field_a_kind_takes_is_read():
                 edited["values"] = [0.5] + [0.05] * len(boundaries)
             schedules.validate(edited, 10)
             if kind == "step_iterations":
-                rates = [[float(schedules.optimizer_learning_rate(s, 0.1)(step)) for step in range(10)]
+                rates = [[float(optimizer_learning_rate(s, 0.1)(step)) for step in range(10)]
                          for s in (spec, edited)]
             elif kind == "onecycle":
                 rates = [[schedules.onecycle_at(e, s, 10) for e in range(10)] for s in (spec, edited)]
             else:
                 rates = [lrs(s, 0.1, 10) for s in (spec, edited)]
             assert rates[0] != rates[1], (kind, field)
-    callback = schedules.schedule_callbacks(
+    callback = schedule_callbacks(
         {"kind": "plateau", "monitor": "val_accuracy", "factor": 0.5, "patience": 2,
          "threshold": 0.01, "cooldown": 1, "min_lr": 0.001}, 0.1, 10)[0]
     assert (callback.monitor, callback.factor, callback.patience, callback.threshold,
@@ -258,7 +260,7 @@ def test_schedule_drives_fit_and_lands_in_history():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
     history = model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=3, verbose=0,
-                        callbacks=schedules.schedule_callbacks(spec, 0.5, 3) + [EpochLog()])
+                        callbacks=schedule_callbacks(spec, 0.5, 3) + [EpochLog()])
     assert history.history["lr"] == pytest.approx([0.5, 0.05, 0.005])
     assert math.isfinite(sum(history.history["seconds"]))
 
@@ -275,7 +277,7 @@ def test_onecycle_reaches_the_momentum_inside_fp16_loss_scaling():
     model.compile(optimizer=build_optimizer("sgd", learning_rate=0.01, momentum=0.9), loss="mse")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0,
-              callbacks=schedules.schedule_callbacks(spec, 0.01, 65))
+              callbacks=schedule_callbacks(spec, 0.01, 65))
     lr, momentum = onecycle_at(0, spec, 65)
     inner = model.optimizer.inner_optimizer
     assert float(inner.momentum.numpy()) == pytest.approx(momentum)

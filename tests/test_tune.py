@@ -64,12 +64,41 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
     recipe = apply_override(EXPERIMENTS["resnet20"], 'model="kth_vgg1"')
     best_trial = max(trials, key=lambda t: t["score"])
     # The closing line names a best-scoring trial as its folders are named.
-    named = re.search(r"best [0-9.]+ \(trial_(\w+), ", result.stdout).group(1)
+    named = re.search(r"best [0-9.]+% \(trial_(\w+), ", result.stdout).group(1)
     assert next(t["score"] for t in trials if t["trial_id"] == named) == best_trial["score"]
     assert os.path.isdir(os.path.join(folder, f"trial_{named}"))
     for edit in best_trial["edits"]:
         recipe = apply_override(recipe, edit)
     assert recipe.optimizer["name"] == best_trial["hyperparameters"]["optimizer"]
+    # A log-sampled rate is plotted on a log axis.
+    for name in os.listdir(folder):
+        if name.startswith("hp_") and name.endswith("learning_rate.json"):
+            with open(os.path.join(folder, name)) as stream:
+                assert json.load(stream)["xscale"] == "log", name
+
+
+def test_a_search_folder_made_with_other_settings_is_refused(shared_cifar10, tmp_path):
+    """A rerun with another tuner (or --quick, --epochs, --set, --seed) would mix two
+    searches' trials: refused, naming the difference and the ways out; --overwrite
+    starts over."""
+    directory = str(tmp_path)
+    first = tune("optimizer", "--max-trials", "1", *FAST, "--data-dir", shared_cifar10,
+                 "--directory", directory)
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = tune("optimizer", "--tuner", "bayesian", "--max-trials", "1", *FAST,
+                   "--data-dir", shared_cifar10, "--directory", directory)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "tuner: 'random' -> 'bayesian'" in changed.stderr and "--overwrite" in changed.stderr
+    assert "--directory" in changed.stderr
+    full = tune("optimizer", "--max-trials", "1", "--epochs", "1", "--set", 'model="kth_vgg1"',
+                "--data-dir", shared_cifar10, "--directory", directory)
+    assert full.returncode == 2 and "quick: True -> False" in full.stderr
+    again = tune("optimizer", "--tuner", "bayesian", "--max-trials", "1", *FAST, "--overwrite",
+                 "--data-dir", shared_cifar10, "--directory", directory)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with open(os.path.join(directory, "optimizer", "results.json")) as stream:
+        saved = json.load(stream)
+    assert saved["tuner"] == "bayesian" and len(saved["trials"]) == 1
 
 
 def test_budget_rejects_configurations_before_training(shared_cifar10, tmp_path):
@@ -78,7 +107,7 @@ def test_budget_rejects_configurations_before_training(shared_cifar10, tmp_path)
     directory = str(tmp_path)
     code = (
         "import sys, runpy\n"
-        "import training.search as s\n"
+        "import experiments.searches as s\n"
         "def big(hp):\n"
         "    return ['model_args.widths=[256, 512, 1024, 1024]', "
         "'model_args.dropout=' + str(hp.Choice('dropout', [0.0, 0.1]))]\n"

@@ -5,7 +5,8 @@ runs/<experiment>/<run-id>/
   status.json   running | completed | failed (with reason) | interrupted
   history.csv   one row per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds
   metrics.json  final and best accuracies, parameters, wall time, images/s
-  best.keras    the best epoch by the recipe's monitor
+  best.keras    the best epoch by the recipe's monitor (loads with `import cifar_repro`)
+  model.keras   best.keras for inference: raw pixels in, plain Keras layers (loads anywhere)
   noise.npz     with label noise: the true and noisy training labels and the flipped indices
   head.keras    with transfer: the network after its head-only stage
   accuracy.png, loss.png, lr.png
@@ -28,20 +29,23 @@ import time
 import keras
 import numpy as np
 
-from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, InterruptGuard,
-                       Memorisation)
+from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, EpochSync,
+                       InterruptGuard, Memorisation, RunProgress)
+from callbacks.schedules import schedule_callbacks
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
 from data.mixing import Mixer
 from data.noise import corrupt_labels
 from data.normalize import Normalizer
-from data.pipeline import CifarBatches, EpochSync, input_threads
+from data.pipeline import MAX_AUTO_INPUT_THREADS as MAX_INPUT_THREADS
+from data.pipeline import CifarBatches, input_threads
 from models import build_model, count_params
-from plots.run_plots import write_run_plots
+from models.export import save_inference_model
 from training import allocator, record, schedules, transfer
+from training.machine import cpu_flags, device_description, precision_warning, versions
 from training.distribute import DistributeError, placement as make_placement
 from training.losses import loss_and_metrics
-from training.optimizers import build_optimizer
+from training.optimizers import build_optimizer, optimizer_learning_rate
 from training.recipe import Recipe, RecipeError, validate
 
 QUICK_TRAIN_IMAGES = 256
@@ -61,6 +65,9 @@ class RunOptions:
     precision: str = "fp32"  # fp32 | bf16 | fp16: Keras mixed precision (variables stay float32)
     input_threads: int = 0  # threads building training batches; 0: half the cores, 1-8
     verbose: int = 1  # Keras progress bar
+    tensorboard: bool = False  # keras.callbacks.TensorBoard logs in <run>/tensorboard
+    # Recipe fields the user set (--epochs, --val-split) that --quick keeps as given.
+    quick_keeps: tuple = ()
 
     def __post_init__(self):
         # The run id names one folder under output_dir/<experiment>/: "../x" would put the
@@ -71,6 +78,9 @@ class RunOptions:
                            f"'-' (not starting with '.'); got {self.run_id!r}.")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             raise RunError(f"--seed must be a whole number in [0, 2**32); got {self.seed!r}.")
+        if not (isinstance(self.input_threads, int) and 0 <= self.input_threads <= MAX_INPUT_THREADS):
+            raise RunError(f"--input-threads must be 0 (half the cores) or 1 to "
+                           f"{MAX_INPUT_THREADS}; got {self.input_threads!r}.")
 
 
 class RunError(RuntimeError):
@@ -81,55 +91,6 @@ class RunError(RuntimeError):
 # variables (and the loss, BatchNorm's statistics and the optimizer) in float32;
 # under float16 `compile` wraps the optimizer in a LossScaleOptimizer.
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-
-
-# The x86 instructions (/proc/cpuinfo flags) behind oneDNN's 16-bit kernels
-# (its ISAs avx512_core_bf16 / _fp16, AMX, and avx2_vnni_2, which has
-# avx_ne_convert). oneDNN runs PyTorch's and TensorFlow's CPU convolutions;
-# without them mixed precision trains far slower than fp32 (measured on the
-# PyTorch backend, eager PyTorch alike: benchmarks/throughput.py).
-HALF_PRECISION_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16", "avx_ne_convert"),
-                        "fp16": ("avx512_fp16", "amx_fp16", "avx_ne_convert")}
-
-
-def _cpuinfo_field(name):
-    """The first `name` line's value in /proc/cpuinfo, or None (another OS, or an
-    Arm CPU, whose file names its fields differently)."""
-    try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                key, _, value = line.partition(":")
-                if key.strip() == name:
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_flags():
-    """The x86 CPU's feature flags from /proc/cpuinfo, or None where there are none to read."""
-    flags = _cpuinfo_field("flags")
-    return None if flags is None else set(flags.split())
-
-
-def cpu_model():
-    """The CPU's model name ("AMD EPYC 7B13"), or None where /proc/cpuinfo does not say."""
-    return _cpuinfo_field("model name") or None
-
-
-def precision_warning(precision, device, flags):
-    """A warning where `precision` would compute in 16 bits on a CPU that has no
-    instructions for it (`device` as device_description words it: "CPU (AMD EPYC,
-    2 cores, x86_64)" or "1 x NVIDIA H100 80GB HBM3 (gpu)"); None otherwise."""
-    wanted = HALF_PRECISION_FLAGS.get(precision)
-    on_cpu = "cpu" in device.lower()
-    if not wanted or not on_cpu or flags is None or flags & set(wanted):
-        return None
-    return (f"warning: --precision {precision} on a CPU without {', '.join(wanted[:-1])} "
-            f"or {wanted[-1]}: "
-            f"oneDNN has no 16-bit convolutions for it, so training runs about ten times "
-            f"slower than in fp32 (ResNet-20 on 2 AVX2 cores: 21 against 270 images/s in "
-            f"bf16, 23 in fp16). --precision fp32 is the faster choice on this machine.")
 
 
 @contextlib.contextmanager
@@ -144,64 +105,22 @@ def precision_policy(precision):
         keras.config.set_dtype_policy(previous)
 
 
-def quick_recipe(recipe):
-    """--quick: the same recipe, 2 epochs on a few hundred images, to check an install."""
-    epochs = min(recipe.epochs, QUICK_EPOCHS)
+def quick_recipe(recipe, keeps=()):
+    """--quick: the same recipe, 2 epochs on a few hundred images, to check an install.
+    `keeps` names the fields the user set explicitly (epochs, val_split): those win."""
+    epochs = recipe.epochs if "epochs" in keeps else min(recipe.epochs, QUICK_EPOCHS)
     transfer_spec = recipe.transfer
     if transfer_spec:  # one epoch for the head, one for the whole network
         transfer_spec = {**transfer_spec,
                          "head_epochs": min(transfer_spec.get("head_epochs", 0), epochs - 1)}
-    return dataclasses.replace(
-        recipe, epochs=epochs, val_split=min(recipe.val_split, QUICK_VAL_IMAGES),
-        transfer=transfer_spec,
-    )
+    val_split = (recipe.val_split if "val_split" in keeps
+                 else min(recipe.val_split, QUICK_VAL_IMAGES))
+    return dataclasses.replace(recipe, epochs=epochs, val_split=val_split, transfer=transfer_spec)
 
 
 def run_directory(recipe, options):
     run_id = options.run_id or f"seed{options.seed}" + ("-quick" if options.quick else "")
     return os.path.join(options.output_dir, recipe.name, run_id)
-
-
-def _versions():
-    import matplotlib
-
-    versions = {"python": platform.python_version(), "keras": keras.__version__,
-                "numpy": np.__version__, "matplotlib": matplotlib.__version__}
-    backend = keras.backend.backend()
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
-    if module:
-        versions[module] = __import__(module).__version__
-    return versions
-
-
-def device_description():
-    """What the backend computes on, in words (for the run record and reports)."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "jax":
-            import jax
-
-            devices = jax.devices()
-            if devices[0].platform != "cpu":  # JAX's CPU devices say only "cpu"
-                return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
-        if backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:  # the model, not the device path "/physical_device:GPU:0"
-                details = tf.config.experimental.get_device_details(gpus[0])
-                return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
-    except Exception:  # a description only; never stop a run over it
-        pass
-    # The model: the report's train hours are only comparable on the same CPU.
-    model = cpu_model()
-    return (f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores, "
-            f"{platform.processor() or platform.machine()})")
 
 
 def _enable_determinism():
@@ -217,7 +136,9 @@ def _enable_determinism():
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _prepare_data(recipe, options):
+def prepare_data(recipe, options):
+    """(data, train, validation, test) as the run sees them: the split, the subset
+    and --quick applied."""
     data = load_cifar(recipe.dataset, options.data_dir, recipe.label_mode)
     x_train, y_train = data.x_train, data.y_train
     if recipe.val_split:
@@ -291,23 +212,29 @@ def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
     model.compile(
         optimizer=build_optimizer(
             optimizer_spec.pop("name"),
-            learning_rate=schedules.optimizer_learning_rate(schedule, base_lr),
+            learning_rate=optimizer_learning_rate(schedule, base_lr),
             **optimizer_spec),
         loss=loss, metrics=metrics, jit_compile=jit_compile,
     )
     return base_lr
 
 
-@contextlib.contextmanager
-def _removed_if_refused(run_dir):
-    """The folders a new run creates are removed again if it stops before its
-    config.json is written (no data, a network that does not build), so a refused
-    start leaves no empty runs/<experiment>/<run-id> for report.py to list as a
-    skipped record. A folder that was there before stays."""
+def _missing_folders(run_dir):
+    """run_dir and those of its parents that do not exist yet, innermost first."""
     created, path = [], os.path.abspath(run_dir)
     while not os.path.exists(path):
         created.append(path)
         path = os.path.dirname(path)
+    return created
+
+
+@contextlib.contextmanager
+def _removed_if_refused(created):
+    """The folders a new run creates (`created`, from _missing_folders before it
+    made them) are removed again if it stops before its config.json is written (no
+    data, a network that does not build), so a refused start leaves no empty
+    runs/<experiment>/<run-id> for report.py to list as a skipped record. A folder
+    that was there before stays."""
     try:
         yield
     except BaseException:
@@ -388,7 +315,7 @@ def train(recipe, options):
     """Runs (or resumes) `recipe`; returns the metrics dict of the finished run."""
     full_epochs = recipe.epochs
     if options.quick:
-        recipe = quick_recipe(recipe)
+        recipe = quick_recipe(recipe, options.quick_keeps)
     validate(recipe)
     if options.precision not in PRECISIONS:
         raise RunError(f"Unknown precision {options.precision!r}; expected one of "
@@ -413,7 +340,7 @@ def train(recipe, options):
         "backend": keras.backend.backend(),
         # glibc keeps freed memory for reuse on the PyTorch backend (training/allocator.py).
         "malloc_keeps_freed_memory": allocator.tune_for_backend(keras.backend.backend()),
-        "versions": _versions(),
+        "versions": versions(),
         "git_commit": record.git_commit(),
         "command": " ".join(sys.argv),
         "host": platform.node(),
@@ -423,6 +350,24 @@ def train(recipe, options):
         **placement.describe(),
         "platform": platform.platform(),
     }
+    # One writer per run folder: a second process on the same run id stops here.
+    created = _missing_folders(run_dir)
+    lock = record.FolderLock(run_dir, "run")
+    try:
+        lock.acquire()
+    except record.FolderBusy as error:
+        raise RunError(str(error)) from None
+    except OSError as error:
+        raise RunError(f"Cannot write the run record to {run_dir} ({error.strerror}); "
+                       f"pass --output-dir with a writable folder.") from None
+    try:
+        return _train_locked(recipe, options, full_epochs, placement, run_dir, config, created)
+    finally:
+        lock.release()
+
+
+def _train_locked(recipe, options, full_epochs, placement, run_dir, config, created):
+    """train() once this process holds the run folder's lock."""
     status = _check_existing(run_dir, config)
     if status and status.get("status") == "completed":
         print(f"{recipe.name}: already completed in {run_dir}; nothing to do "
@@ -432,7 +377,7 @@ def train(recipe, options):
     if warning:  # only where something will train
         print(warning, file=sys.stderr)
 
-    with _removed_if_refused(run_dir):
+    with _removed_if_refused(created):
         try:
             os.makedirs(run_dir, exist_ok=True)
             probe = os.path.join(run_dir, ".write-test")
@@ -443,7 +388,7 @@ def train(recipe, options):
             raise RunError(f"Cannot write the run record to {run_dir} ({error.strerror}); "
                            f"pass --output-dir with a writable folder.") from None
 
-        data, train_split, val_split, test_split = _prepare_data(recipe, options)
+        data, train_split, val_split, test_split = prepare_data(recipe, options)
         val_is_test = not recipe.val_split
         config.update(data_source=data.source, data_origin=data.origin,
                       train_images=len(train_split[0]),
@@ -514,7 +459,10 @@ def train(recipe, options):
         metadata = os.path.join(backup_dir, "training_metadata.json")
         if os.path.exists(metadata):
             done = int(record.read_json(metadata).get("epoch", first_epoch))
-        history = record.truncate_history(history_path, done)
+        try:
+            history = record.truncate_history(history_path, done)
+        except record.HistoryError as error:
+            raise RunError(str(error)) from None
         if done > first_epoch or (done and stage_name == "finetune"):
             print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
         best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
@@ -522,10 +470,11 @@ def train(recipe, options):
 
         interrupt_guard = InterruptGuard()
         callback_list = [interrupt_guard, EpochSync(train_batches)]
-        callback_list += schedules.schedule_callbacks(schedule, base_lr, recipe.epochs,
+        callback_list += schedule_callbacks(schedule, base_lr, recipe.epochs,
                                                       state_dir=backup_dir)
         callback_list += [
             EpochLog(),
+            RunProgress(recipe.name, recipe.epochs, [row.get("seconds") for row in history]),
             keras.callbacks.TerminateOnNaN(),
             AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
                                   mode=mode, save_best_only=True, initial_value_threshold=threshold),
@@ -533,6 +482,9 @@ def train(recipe, options):
         ]
         if recipe.early_stopping:
             callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
+        if options.tensorboard:  # scalars per epoch: loss, accuracy, lr, seconds
+            callback_list.append(keras.callbacks.TensorBoard(
+                os.path.join(run_dir, "tensorboard"), histogram_freq=0, write_graph=False))
         callback_list += [
             keras.callbacks.CSVLogger(history_path, append=True),
             AtomicBackupAndRestore(backup_dir),
@@ -569,13 +521,15 @@ def train(recipe, options):
         record.write_status(run_dir, "failed", reason=reason)
         raise RunError(f"{recipe.name}: {reason}. Lower the learning rate or check the data.")
 
+    best_path = os.path.join(run_dir, "best.keras")
+    best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
     if not val_is_test:
+        print(f"{recipe.name}: training done; scoring the final and the best model on the "
+              f"{len(test_split[0]):,} test images.", flush=True)
         test_batches = _evaluation_batches(recipe, normalizer, *test_split, data.num_classes)
         test_scores["final_test_accuracy"] = float(model.evaluate(test_batches, verbose=0)[1])
-        best_path = os.path.join(run_dir, "best.keras")
-        if os.path.exists(best_path):
-            best_model = keras.models.load_model(best_path)
+        if best_model is not model:
             best_loss, best_metrics = loss_and_metrics(recipe)
             best_model.compile(loss=best_loss, metrics=best_metrics)
             test_scores["best_test_accuracy"] = float(best_model.evaluate(test_batches, verbose=0)[1])
@@ -585,14 +539,8 @@ def train(recipe, options):
     metrics["full_recipe_epochs"] = full_epochs
     metrics.update(noise_summary)
     record.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    # The training curves are scored against what trained: mixed or noisy labels.
-    against = [note for note, applies in (
-        ("on mixup batches", recipe.mixup and recipe.mixup.get("p", 1.0) > 0),
-        ("noisy labels", recipe.noise and recipe.noise.get("rate", 0) > 0)) if applies]
-    labels = ("train" + (f" ({', '.join(against)})" if against else ""),
-              "validation (test set)" if val_is_test else "validation (held out)")
-    write_run_plots(history, run_dir, recipe.name + (" (quick)" if options.quick else ""),
-                    recipe.monitor, labels)
+    # The best model for use outside the suite: raw pixels in, plain Keras layers.
+    save_inference_model(best_model, normalizer, os.path.join(run_dir, "model.keras"))
     record.write_status(run_dir, "completed")
     return metrics
 

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from training import schedules
+
 
 def _torch_gradients(gradients, values):
     """The gradients as torch tensors of their variables' dtypes. Torch's own
@@ -356,11 +358,40 @@ class TorchRMSprop(_TorchUpdate):
         return config
 
 
-OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
-STYLES = ("torch", "keras")
-# The momentum fields each optimizer reads (RMSprop's is its own; Adam and Adagrad have none).
-MOMENTUM_FIELDS = {"sgd": ("momentum", "nesterov"), "adam": (), "adagrad": (),
-                   "rmsprop": ("momentum",)}
+@keras.saving.register_keras_serializable(package="cifar_repro")
+class IterationSteps(keras.optimizers.schedules.LearningRateSchedule):
+    """values[i] once `boundaries[i - 1]` optimizer steps are done: torch's
+    MultiStepLR stepped after every iteration, whose rate for the update that
+    follows step b is already the next value. (Keras's PiecewiseConstantDecay keeps
+    the old value through step b itself, one update late.)"""
+
+    def __init__(self, boundaries, values):
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(f"IterationSteps needs one value more than its boundaries; got "
+                             f"{len(boundaries)} boundaries and {len(values)} values.")
+        self.boundaries = [int(b) for b in boundaries]
+        self.values = [float(v) for v in values]
+
+    def __call__(self, step):
+        step = ops.cast(step, "int64")  # updates done before this one
+        rate = ops.convert_to_tensor(self.values[0], "float32")
+        for boundary, value in zip(self.boundaries, self.values[1:]):
+            rate = ops.where(step >= boundary, value, rate)
+        return rate
+
+    def get_config(self):
+        return {"boundaries": self.boundaries, "values": self.values}
+
+
+def optimizer_learning_rate(spec, base_lr):
+    """What the optimizer is built with: a float, or (step_iterations) a schedule
+    counting optimizer steps."""
+    if spec["kind"] != "step_iterations":
+        return float(base_lr)
+    return IterationSteps(*schedules.step_values(spec, base_lr))
+
+
+from training.recipe import MOMENTUM_FIELDS, OPTIMIZERS, STYLES  # noqa: E402,F401
 
 
 def build_optimizer(name, *, learning_rate, style="torch", momentum=0.0, nesterov=False,

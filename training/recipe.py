@@ -16,7 +16,14 @@ from data.mixing import Mixer
 from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalizer
 from training import schedules
-from training.optimizers import MOMENTUM_FIELDS, OPTIMIZERS, STYLES
+
+# The optimizers and what they read (training.optimizers builds them; kept here so
+# that recipes load without Keras).
+OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
+STYLES = ("torch", "keras")
+# The momentum fields each optimizer reads (RMSprop's is its own; Adam and Adagrad have none).
+MOMENTUM_FIELDS = {"sgd": ("momentum", "nesterov"), "adam": (), "adagrad": (),
+                   "rmsprop": ("momentum",)}
 
 
 class RecipeError(ValueError):

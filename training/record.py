@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import platform
 import subprocess
 import tempfile
 import time
@@ -12,11 +13,23 @@ import time
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
+def _file_mode():
+    """The mode open() gives a new file under this process's umask (0644 under 022);
+    mkstemp's own 0600 would make records unreadable to the rest of a group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_text(path, text):
     """Writes via a temporary file in the same folder and renames it into place."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
             stream.flush()
@@ -68,26 +81,74 @@ def write_status(run_dir, status, reason=None, **extra):
     if status not in STATUSES:
         raise ValueError(f"Unknown run status {status!r}; expected one of {STATUSES}.")
     value = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    if status == "running":  # who runs it: read_status tells a dead process from a live one
+        value.update(pid=os.getpid(), host=platform.node())
     if reason:
         value["reason"] = reason
     write_json(os.path.join(run_dir, "status.json"), value)
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def read_status(run_dir):
+    """status.json; a `running` run whose process on this machine is gone (killed,
+    crashed, the machine restarted) reads as `interrupted`."""
     path = os.path.join(run_dir, "status.json")
-    return read_json(path) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    status = read_json(path)
+    if (status.get("status") == "running" and status.get("host") == platform.node()
+            and isinstance(status.get("pid"), int) and not _alive(status["pid"])):
+        status = {**status, "status": "interrupted",
+                  "reason": f"process {status['pid']} ended without finishing; rerun the "
+                            f"same command to resume"}
+    return status
+
+
+class HistoryError(ValueError):
+    """A history.csv that cannot be read as a run's history."""
+
+
+def _history_rows(path):
+    """history.csv's header and one row per epoch, in order: a repeated header and
+    a repeated epoch (two writers, or a crash between writes) are dropped, the
+    later row of an epoch kept."""
+    with open(path, newline="") as stream:
+        rows = [row for row in csv.reader(stream) if row]
+    if not rows:
+        return None, []
+    header = rows[0]
+    if not header or header[0] != "epoch":
+        raise HistoryError(f"{path} does not start with an 'epoch' column header; it is not "
+                           f"a run history. Move it away and rerun to start the run over.")
+    by_epoch = {}
+    for row in rows[1:]:
+        if row == header or len(row) != len(header):
+            continue
+        try:
+            by_epoch[int(float(row[0]))] = row
+        except ValueError:
+            continue
+    return header, [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def read_history(path):
     """history.csv as a list of dicts with float values (epoch as int)."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as stream:
-        rows = list(csv.DictReader(stream))
+    header, rows = _history_rows(path)
     history = []
     for row in rows:
         parsed = {}
-        for key, value in row.items():
+        for key, value in zip(header, row):
             try:
                 parsed[key] = float(value)
             except (TypeError, ValueError):
@@ -109,14 +170,14 @@ def best_epoch(history, monitor):
 
 
 def truncate_history(path, epochs_done):
-    """Keeps the rows of epochs < epochs_done, so a resumed run logs each epoch once."""
+    """Keeps the rows of epochs < epochs_done (the backup's), one each, so a resumed
+    run logs each epoch once; repeated headers and epochs are repaired."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as stream:
-        rows = list(csv.reader(stream))
-    if not rows:
+    header, rows = _history_rows(path)
+    if header is None:
         return []
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(float(row[0])) < epochs_done]
+    kept = [header] + [row for row in rows if int(float(row[0])) < epochs_done]
     text = io.StringIO()
     csv.writer(text).writerows(kept)  # the excel dialect, as CSVLogger writes it
     atomic_write_text(path, text.getvalue())
@@ -133,3 +194,53 @@ def git_commit():
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds a folder's lock."""
+
+
+class FolderLock:
+    """An exclusive lock on `folder` for one writer: fcntl.flock on <folder>/.lock,
+    which the kernel releases when the process ends, however it ends, so a stale
+    file after `kill -9` never blocks the next run. The file holds the owner's pid.
+
+        with FolderLock(run_dir, "run"):
+            ...  # this process alone writes run_dir
+    """
+
+    def __init__(self, folder, what="folder"):
+        self.folder, self.what = folder, what
+        self.path = os.path.join(folder, ".lock")
+        self._stream = None
+
+    def acquire(self):
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        stream = open(self.path, "a+")
+        try:
+            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.seek(0)
+            owner = stream.read().strip() or "unknown"
+            stream.close()
+            raise FolderBusy(f"{self.what} {self.folder} is in use by process {owner}; wait for "
+                             f"it to finish (or stop it), or pick another folder.") from None
+        stream.seek(0)
+        stream.truncate()
+        stream.write(f"{os.getpid()}\n")
+        stream.flush()
+        self._stream = stream
+        return self
+
+    def release(self):
+        if self._stream is not None:
+            self._stream.close()  # closing the descriptor drops the flock
+            self._stream = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,0 +1,137 @@
+"""The callbacks that apply a recipe's epoch schedule: Keras's LearningRateScheduler
+for the rate-only kinds, `OneCycle` (rate and momentum) and torch's
+ReduceLROnPlateau (`TorchReduceLROnPlateau`)."""
+
+import json
+import os
+
+import keras
+
+from training.schedules import lr_at, onecycle_at
+
+
+class OneCycle(keras.callbacks.Callback):
+    """Sets the learning rate and (cycle_momentum) the momentum of one-cycle at
+    each epoch start. Keras's LearningRateScheduler sets only the rate."""
+
+    def __init__(self, spec, epochs):
+        super().__init__()
+        self.spec, self.epochs = spec, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr, momentum = onecycle_at(epoch, self.spec, self.epochs)
+        optimizer = self.model.optimizer
+        if not optimizer.built:  # fit builds a LossScaleOptimizer only at its first step
+            optimizer.build(self.model.trainable_variables)
+        # Under fp16 compile wraps the optimizer in a LossScaleOptimizer; momentum lives inside.
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        optimizer.learning_rate = lr
+        if isinstance(getattr(optimizer, "momentum", None), keras.Variable):
+            optimizer.momentum.assign(momentum)
+        elif hasattr(optimizer, "beta_1"):
+            optimizer.beta_1 = momentum  # torch cycles Adam's beta1 the same way
+
+
+class TorchReduceLROnPlateau(keras.callbacks.Callback):
+    """torch.optim.lr_scheduler.ReduceLROnPlateau, stepped once per epoch on
+    `monitor`. Where it differs from Keras's callback: the threshold is relative
+    (an epoch improves on `best` only if it beats it by `threshold` times best;
+    Keras's `min_delta` is absolute); the rate drops once the bad epochs *exceed*
+    `patience` (Keras: reach it); cooldown is counted after the improvement
+    check; and a reduction smaller than `eps` is skipped, so the rate stops at
+    1e-8 where Keras would keep dividing."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, threshold=1e-4,
+                 cooldown=0, min_lr=0.0, eps=1e-8, mode="auto", verbose=0, state_dir=None):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(f"factor must be below 1; got {factor}.")
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
+        self.threshold, self.cooldown, self.min_lr = float(threshold), int(cooldown), float(min_lr)
+        self.eps, self.verbose = float(eps), verbose
+        self.maximize = mode == "max" or (mode == "auto" and "acc" in monitor)
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+        # Its counters (best, bad epochs, cooldown) outlive a kill: saved per epoch
+        # next to BackupAndRestore's files and restored for the epoch it resumes at.
+        self.state_path = os.path.join(state_dir, "plateau_state.json") if state_dir else None
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+        if not (self.state_path and os.path.exists(self.state_path)):
+            return
+        metadata = os.path.join(os.path.dirname(self.state_path), "training_metadata.json")
+        if not os.path.exists(metadata):
+            return
+        with open(metadata) as stream:
+            epoch = json.load(stream).get("epoch")
+        with open(self.state_path) as stream:
+            state = json.load(stream).get(str(epoch))
+        if state:
+            self.best, self.wait, self.cooldown_counter = (
+                state["best"], state["wait"], state["cooldown_counter"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            raise KeyError(f"ReduceLROnPlateau monitors {self.monitor!r}, which this run does "
+                           f"not log; it logs {sorted(logs or {})}.")
+        # torch's step(): the improvement check, then the cooldown, then the patience.
+        if self._is_improvement(float(current), self.best):
+            self.best, self.wait = float(current), 0
+        else:
+            self.wait += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.wait > self.patience:
+            self._reduce(epoch)
+            self.cooldown_counter, self.wait = self.cooldown, 0
+        if not self.state_path:
+            return
+        states = {}
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as stream:
+                states = json.load(stream)
+        # Keyed by epochs done; the last two cover a kill between this write and the backup's.
+        best = None if self.best is None else float(self.best)
+        states[str(epoch + 1)] = {"best": best, "wait": self.wait,
+                                  "cooldown_counter": self.cooldown_counter}
+        states = {key: states[key] for key in sorted(states, key=int)[-2:]}
+        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
+        temporary = self.state_path + ".partial"
+        with open(temporary, "w") as stream:
+            json.dump(states, stream)
+        os.replace(temporary, self.state_path)
+
+    def _is_improvement(self, current, best):
+        if best is None:
+            return True
+        if self.maximize:
+            return current > best * (1 + self.threshold)
+        return current < best * (1 - self.threshold)
+
+    def _reduce(self, epoch):
+        optimizer = self.model.optimizer
+        old = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        new = max(old * self.factor, self.min_lr)
+        if old - new > self.eps:
+            optimizer.learning_rate = new
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:.4g}.")
+
+
+def schedule_callbacks(spec, base_lr, epochs, state_dir=None):
+    """The callbacks that apply `spec`; state_dir keeps the plateau counters for resumes."""
+    kind = spec["kind"]
+    if kind == "onecycle":
+        return [OneCycle(spec, epochs)]
+    if kind == "plateau":
+        return [TorchReduceLROnPlateau(
+            monitor=spec.get("monitor", "val_loss"), factor=spec.get("factor", 0.1),
+            patience=spec.get("patience", 10), threshold=spec.get("threshold", 1e-4),
+            cooldown=spec.get("cooldown", 0), min_lr=spec.get("min_lr", 0.0), verbose=1,
+            state_dir=state_dir,
+        )]
+    if kind in ("constant", "step_iterations"):
+        return []
+    return [keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr_at(epoch, spec, base_lr, epochs))]

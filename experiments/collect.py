@@ -1,0 +1,68 @@
+"""Copy finished run records, without weights or backups, into a folder to commit.
+
+    python experiments/collect.py ~/runs                # every completed run -> results/
+    python experiments/collect.py ~/runs --to results cnn_baseline norm_batch
+
+A record is config.json, status.json, history.csv, metrics.json and the run
+plots with their .json; best.keras, head.keras, noise.npz and backup/ stay
+where they are. Unfinished runs are named and left out; the report refuses
+them anyway.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from training import record  # noqa: E402
+
+RECORD_FILES = ("config.json", "status.json", "history.csv", "metrics.json",
+                "accuracy.png", "accuracy.json", "loss.png", "loss.json", "lr.png", "lr.json")
+
+
+def collect(runs_dir, target, experiments=()):
+    """Copies each completed record under runs_dir into target; returns (copied, skipped)."""
+    copied, skipped = [], []
+    for experiment in sorted(os.listdir(runs_dir)):
+        folder = os.path.join(runs_dir, experiment)
+        if not os.path.isdir(folder) or (experiments and experiment not in experiments):
+            continue
+        for run_id in sorted(os.listdir(folder)):
+            source = os.path.join(folder, run_id)
+            if not os.path.isdir(source):
+                continue
+            status = (record.read_status(source) or {}).get("status", "missing")
+            if status != "completed":
+                skipped.append(f"{experiment}/{run_id} ({status})")
+                continue
+            destination = os.path.join(target, experiment, run_id)
+            os.makedirs(destination, exist_ok=True)
+            for name in RECORD_FILES:
+                if os.path.exists(os.path.join(source, name)):
+                    shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+            copied.append(f"{experiment}/{run_id}")
+    return copied, skipped
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", help="folder of run records (run.py's --output-dir)")
+    parser.add_argument("experiments", nargs="*", help="only these experiments (default all)")
+    parser.add_argument("--to", default=os.path.join(ROOT, "results"),
+                        help="where the records go (default the repository's results/)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.runs):
+        parser.error(f"{args.runs}: no such folder; pass the --output-dir run.py wrote to.")
+    copied, skipped = collect(args.runs, args.to, set(args.experiments))
+    for name in skipped:
+        print(f"not finished, left out: {name}")
+    print(f"{len(copied)} records -> {args.to}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
