@@ -274,3 +274,18 @@ def test_epoch_benchmark_times_each_input_thread_count(shared_cifar10, tmp_path)
     assert all(row["seconds"] > row["input_seconds"] > 0 for case in cases for row in case["epochs"])
     table = (tmp_path / "epochs.md").read_text()
     assert "| cnn_baseline (" in table and table.count("| cnn_baseline") == 2
+
+
+def test_validating_on_part_of_the_test_set_scores_the_whole_of_it(shared_cifar10, tmp_path):
+    """val_images: each epoch validates on the first N test images; the final and best
+    models are scored on every test image at the end (the parity runs' setting)."""
+    out = str(tmp_path / "runs")
+    result = run("cnn_baseline", "--quick", "--set", "val_images=16", "--data-dir", shared_cifar10,
+                 "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = os.path.join(out, "cnn_baseline", "seed0-quick")
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["validation"] == "the first 16 test images" and config["validation_images"] == 16
+    assert "scoring the final and the best model on the 40 test images" in result.stdout
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["final_test_accuracy"] * 40 == pytest.approx(round(metrics["final_test_accuracy"] * 40))

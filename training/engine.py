@@ -148,6 +148,8 @@ def prepare_data(recipe, options):
         x_val, y_val = data.x_test, data.y_test
     if recipe.train_images:
         x_train, y_train = x_train[:recipe.train_images], y_train[:recipe.train_images]
+    if recipe.val_images:
+        x_val, y_val = x_val[:recipe.val_images], y_val[:recipe.val_images]
     x_test, y_test = data.x_test, data.y_test
     if options.quick:
         x_train, y_train = x_train[:QUICK_TRAIN_IMAGES], y_train[:QUICK_TRAIN_IMAGES]
@@ -280,6 +282,7 @@ def _check_existing(run_dir, config):
 
 
 def _summary(history, recipe, params, train_images, val_is_test, test_scores):
+    """metrics.json; where the whole test set validated, its scores are the validation's."""
     monitor = recipe.monitor
     best_value, best_epoch = record.best_epoch(history, monitor) or (None, None)
     best_row = next((row for row in history if row["epoch"] == best_epoch), {})
@@ -304,7 +307,7 @@ def _summary(history, recipe, params, train_images, val_is_test, test_scores):
         "paper_accuracy": recipe.paper_accuracy,
         "paper_source": recipe.paper_source,
     }
-    if val_is_test:  # the papers' convention: the test set is the validation set
+    if val_is_test and not test_scores:  # the papers' convention: the test set validates
         test_scores = {"final_test_accuracy": metrics["final_val_accuracy"],
                        "best_test_accuracy": metrics["best_val_accuracy"]}
     metrics.update(test_scores)
@@ -390,11 +393,15 @@ def _train_locked(recipe, options, full_epochs, placement, run_dir, config, crea
 
         data, train_split, val_split, test_split = prepare_data(recipe, options)
         val_is_test = not recipe.val_split
+        # A subset of the test set validating each epoch (val_images) leaves the whole
+        # test set to score the final and best models at the end.
+        whole_test = len(val_split[0]) == len(test_split[0]) or not val_is_test
         config.update(data_source=data.source, data_origin=data.origin,
                       train_images=len(train_split[0]),
                       validation_images=len(val_split[0]),
-                      validation="test set" if val_is_test
-                      else f"{recipe.val_split} held-out training images")
+                      validation=(f"{recipe.val_split} held-out training images" if not val_is_test
+                                  else "test set" if whole_test
+                                  else f"the first {len(val_split[0])} test images"))
         noise_summary, flipped = {}, None
         if recipe.noise:
             true_train_labels = train_split[1]
@@ -524,7 +531,7 @@ def _train_locked(recipe, options, full_epochs, placement, run_dir, config, crea
     best_path = os.path.join(run_dir, "best.keras")
     best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
-    if not val_is_test:
+    if not val_is_test or len(val_split[0]) < len(test_split[0]):
         print(f"{recipe.name}: training done; scoring the final and the best model on the "
               f"{len(test_split[0]):,} test images.", flush=True)
         test_batches = _evaluation_batches(recipe, normalizer, *test_split, data.num_classes)

@@ -50,6 +50,9 @@ class Recipe:
     # "numpy_seed0_choice" (np.random.seed(0); np.random.choice: paper 004's norm study)
     val_selection: str = "run_seed"
     train_images: int = 0  # train on only the first N (after the split); 0: all
+    # Validate each epoch on only the first N validation images (0: all); the final and
+    # best models are then scored on the whole test set at the end.
+    val_images: int = 0
     eval_batch_size: int = 500  # images per evaluation step (does not change results)
     monitor: str = "val_accuracy"  # what best.keras keeps the best of
     early_stopping: dict = None  # {"monitor", "patience", "min_delta"}; None: off
@@ -226,6 +229,8 @@ def validate(recipe):
          f"val_selection must be one of {', '.join(VAL_SELECTIONS)}; got {recipe.val_selection!r}.")
     need(isinstance(recipe.train_images, int) and recipe.train_images >= 0,
          f"train_images must be a whole number >= 0; got {recipe.train_images!r}.")
+    need(isinstance(recipe.val_images, int) and recipe.val_images >= 0,
+         f"val_images must be a whole number >= 0; got {recipe.val_images!r}.")
     need(recipe.dataset in ("cifar10", "cifar100"),
          f"dataset must be cifar10 or cifar100; got {recipe.dataset!r}.")
     label_modes = sorted(DATASETS[recipe.dataset].label_keys)
