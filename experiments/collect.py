@@ -4,9 +4,10 @@
     python experiments/collect.py ~/runs --to results cnn_baseline norm_batch
 
 A record is config.json, status.json, history.csv, metrics.json and the run
-plots with their .json; best.keras, head.keras, noise.npz and backup/ stay
-where they are. Unfinished runs are named and left out; the report refuses
-them anyway.
+plots with their .json, drawn again from the record by the current code so that
+all committed plots look alike; best.keras, model.keras, head.keras, noise.npz
+and backup/ stay where they are. Unfinished runs are named and left out; the
+report refuses them anyway.
 """
 
 import argparse
@@ -18,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from plots.run_plots import plot_run  # noqa: E402
 from training import record  # noqa: E402
 
 RECORD_FILES = ("config.json", "status.json", "history.csv", "metrics.json",
@@ -44,6 +46,7 @@ def collect(runs_dir, target, experiments=()):
             for name in RECORD_FILES:
                 if os.path.exists(os.path.join(source, name)):
                     shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+            plot_run(destination)
             copied.append(f"{experiment}/{run_id}")
     return copied, skipped
 

@@ -368,20 +368,34 @@ def test_report_writes_the_readme_table_between_its_markers(tmp_path):
 
     runs = str(tmp_path / "runs")
     write_record(runs, "cnn_baseline", "seed0", 0.66, 0.65, data="jpeg_rebuild")
+    parity_dir = tmp_path / "parity"
+    parity_dir.mkdir()
+    verdicts = {"keras": {"mean": 0.5, "std": 0.01}, "reference_side": {"mean": 0.49, "std": 0.02},
+                "difference": 0.01, "welch_p": 0.4, "verdict": "same within noise",
+                "reference": "he2015_resnet", "epochs": 4, "train_images": 5000, "seeds": 3}
+    record.write_json(str(parity_dir / "parity_resnet20.json"), {"case": "resnet20", **verdicts})
+    record.write_json(str(parity_dir / "parity_resnet20_lr10.json"),
+                      {"case": "resnet20", **verdicts, "lr_factor": 10.0, "verdict": "differs"})
     readme = tmp_path / "README.md"
-    readme.write_text(f"# top\n\n{report.README_START}\nold table\n{report.README_END}\nrest\n")
+    readme.write_text(f"# top\n\n{report.README_START}\nold table\n{report.README_END}\nmiddle\n"
+                      f"{report.PARITY_START}\nold\n{report.PARITY_END}\nrest\n")
     out = str(tmp_path / "reports")
-    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--out", out,
-                             "--readme", str(readme)], capture_output=True, text=True)
+    command = [sys.executable, REPORT, "--runs", runs, "--out", out, "--parity", str(parity_dir),
+               "--readme", str(readme)]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     text = readme.read_text()
     summary = json.load(open(os.path.join(out, "results.json")))
+    parity = report.parity_table(report.load_parity(str(parity_dir)))
     assert text == (f"# top\n\n{report.README_START}\n{report.readme_table(summary)}\n"
-                    f"{report.README_END}\nrest\n")
+                    f"{report.README_END}\nmiddle\n{report.PARITY_START}\n{parity}\n"
+                    f"{report.PARITY_END}\nrest\n")
+    assert parity.splitlines()[2].startswith("| resnet20 | `he2015_resnet` | 4 / 5,000 / 3 | 50.00 ± 1.00")
+    assert "| resnet20 (Keras lr x10, broken on purpose) |" in parity.splitlines()[3]
+    assert "## Parity with the authors' training loops" in open(os.path.join(out, "RESULTS.md")).read()
     readme.write_text("no markers\n")
-    result = subprocess.run([sys.executable, REPORT, "--runs", runs, "--out", out,
-                             "--readme", str(readme)], capture_output=True, text=True)
-    assert result.returncode == 2 and "has no results block" in result.stderr
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "has no block" in result.stderr
     assert readme.read_text() == "no markers\n"
 
 
@@ -398,4 +412,5 @@ def test_collect_copies_finished_records_without_weights(tmp_path):
     copied, skipped = collect.collect(runs, target)
     assert copied == ["cnn_baseline/seed0"] and skipped == ["cnn_vgg3/seed0 (running)"]
     assert sorted(os.listdir(os.path.join(target, "cnn_baseline", "seed0"))) == [
-        "config.json", "history.csv", "metrics.json", "status.json"]
+        "accuracy.json", "accuracy.png", "config.json", "history.csv", "loss.json", "loss.png",
+        "lr.json", "lr.png", "metrics.json", "status.json"]
