@@ -21,13 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.tables import markdown_table, write_report  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from data.augment import Augmenter  # noqa: E402
 from data.mixing import Mixer  # noqa: E402
 from data.normalize import Normalizer  # noqa: E402
 from experiments.recipes import EXPERIMENTS  # noqa: E402
-from training import record  # noqa: E402
 
 BATCH = 128
 # (chain name, experiment whose recipe defines it, target images/s)
@@ -121,21 +122,22 @@ def table(result):
     lines = ["# Augmentation throughput", "",
              f"{result['machine']['cpu_count']} CPU cores, {result['machine']['platform']}; "
              f"batch {BATCH}, one thread; {result['date']}.", "",
-             "| chain | experiment | images/s | target | met |", "|---|---|---:|---:|---|"]
+             ]
+    rows = []
     for chain in result["chains"]:
         target = chain["target_images_per_second"]
         met = "-" if target is None else ("yes" if chain["met"] else "**no**")
-        lines.append(f"| {chain['name']} | {chain['experiment']} | {chain['images_per_second']:,.0f} "
-                     f"| {'-' if target is None else f'{target:,}'} | {met} |")
+        rows.append([chain["name"], chain["experiment"], f"{chain['images_per_second']:,.0f}",
+                     "-" if target is None else f"{target:,}", met])
+    lines += markdown_table(["chain", "experiment", "images/s", "target", "met"], rows, "llrrl")
     if result.get("fit"):
         lines += ["", "## Input share of a training step (target < 5%)", "",
-                  f"Backend {result['backend']}; second epoch of {640} synthetic images.", "",
-                  "| network | input s | epoch s | input share | train images/s |",
-                  "|---|---:|---:|---:|---:|"]
-        for case in result["fit"]:
-            lines.append(f"| {case['network']} | {case['input_seconds']:.2f} | "
-                         f"{case['epoch_seconds']:.1f} | {100 * case['input_share']:.2f}% | "
-                         f"{case['train_images_per_second']:.0f} |")
+                  f"Backend {result['backend']}; second epoch of {640} synthetic images.", ""]
+        lines += markdown_table(
+            ["network", "input s", "epoch s", "input share", "train images/s"],
+            [[case["network"], f"{case['input_seconds']:.2f}", f"{case['epoch_seconds']:.1f}",
+              f"{100 * case['input_share']:.2f}%", f"{case['train_images_per_second']:.0f}"]
+             for case in result["fit"]], "lrrrr")
     return "\n".join(lines) + "\n"
 
 
@@ -165,8 +167,7 @@ def main(argv=None):
             result["fit"].append(case)
             print(f"{network:40s} input share {100 * case['input_share']:.2f}%", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    record.write_json(args.json, result)
-    record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+    write_report(args.json, result, table)
     print(f"wrote {args.json} and its .md table")
     return 0
 

@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.tables import markdown_table, write_report  # noqa: E402
+
 STRATEGY = {"tensorflow": "mirrored", "jax": "data-parallel"}
 
 
@@ -82,12 +84,11 @@ def table(result):
                   "the engines' overhead and how well one device uses the cores, not parallel "
                   "hardware: a speedup above 1 means the single-device run left cores idle, "
                   "below 1 that splitting the batch cost more than it gained.", ""]
-    lines += ["| backend | strategy | replicas | images/s | speedup | scaling efficiency |",
-              "|---|---|---:|---:|---:|---:|"]
-    for row in result["rows"]:
-        lines.append(f"| {row['backend']} | {row['strategy']} | {row['replicas']} | "
-                     f"{row['images_per_second']:.0f} | {row['speedup']:.2f} | "
-                     f"{row['scaling_efficiency']:.2f} |")
+    lines += markdown_table(
+        ["backend", "strategy", "replicas", "images/s", "speedup", "scaling efficiency"],
+        [[row["backend"], row["strategy"], row["replicas"], f"{row['images_per_second']:.0f}",
+          f"{row['speedup']:.2f}", f"{row['scaling_efficiency']:.2f}"] for row in result["rows"]],
+        "llrrrr")
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +112,6 @@ def main(argv=None):
 
     from benchmarks.augment import machine
     from experiments.recipes import EXPERIMENTS
-    from training import record
 
     if args.model not in EXPERIMENTS:
         parser.error(f"unknown experiment {args.model!r}")
@@ -139,8 +139,7 @@ def main(argv=None):
               "images": args.images, "rounds": args.rounds, "shared_cores": device.startswith("CPU"),
               "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    record.write_json(args.json, result)
-    record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+    write_report(args.json, result, table)
     print(f"wrote {args.json} and its .md table")
     return 0
 

@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.tables import markdown_table, write_report  # noqa: E402
+
 from training import record  # noqa: E402
 
 RUN = os.path.join(ROOT, "experiments", "run.py")
@@ -65,18 +67,20 @@ def table(result):
              f"{result['cpu_count']} CPU cores; {result['date']}. Input seconds are the time "
              "spent building training batches, summed over the input threads."
              + (f" Data: {result['data_note']}." if result.get("data_note") else ""), "",
-             "| network | batch | training images | input threads | "
-             "epoch 1 s (with compilation) | later epochs s | input s a later epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             ]
+    rows = []
     for case in cases:
         epochs = case["epochs"]
         later = epochs[1:] or epochs
         seconds = sum(row["seconds"] for row in later) / len(later)
         inputs = sum(row["input_seconds"] for row in later) / len(later)
         params = f" ({case['trainable_params']:,})" if case.get("trainable_params") else ""
-        lines.append(f"| {case['experiment']}{params} | {case['batch_size']} | "
-                     f"{case['train_images']:,} | {case['input_threads']} | "
-                     f"{epochs[0]['seconds']:.1f} | {seconds:.1f} | {inputs:.1f} |")
+        rows.append([f"{case['experiment']}{params}", case["batch_size"],
+                     f"{case['train_images']:,}", case["input_threads"],
+                     f"{epochs[0]['seconds']:.1f}", f"{seconds:.1f}", f"{inputs:.1f}"])
+    lines += markdown_table(["network", "batch", "training images", "input threads",
+                             "epoch 1 s (with compilation)", "later epochs s",
+                             "input s a later epoch"], rows, "lrrrrrr")
     return "\n".join(lines) + "\n"
 
 
@@ -112,8 +116,7 @@ def main(argv=None):
                 result["cases"].append(case)
                 print(f"{experiment} input threads {case['input_threads']}: "
                       + ", ".join(f"{row['seconds']:.1f} s" for row in case["epochs"]), flush=True)
-                record.write_json(args.json, result)  # after each case: a killed run keeps them
-                record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+                write_report(args.json, result, table)  # after each case: a killed run keeps them
     print(f"wrote {args.json} and its .md table")
     return 0
 

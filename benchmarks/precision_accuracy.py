@@ -21,6 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.tables import markdown_table, write_report  # noqa: E402
 RUN = os.path.join(ROOT, "experiments", "run.py")
 
 
@@ -77,19 +79,20 @@ def table(result):
              f"{result['backend']}, {result['device']}; data: {result['data_source']}; "
              f"{result['date']}."
              + (f" Recipe edits: {', '.join(result['edits'])}." if result.get("edits") else ""), "",
-             "| precision | seed | test accuracy | train img/s |", "|---|---:|---:|---:|"]
-    for run in result["runs"]:
-        lines.append(f"| {run['precision']} | {run['seed']} | {run['test_accuracy']:.4f} | "
-                     f"{run['images_per_second']:.0f} |")
-    lines += ["", "| precision | mean accuracy | seed spread (stdev) | difference from fp32 | "
-              "within noise | mean train img/s |", "|---|---:|---:|---:|---|---:|"]
-    for precision, values in result["summary"].items():
-        spread = values["stdev_test_accuracy"]
-        lines.append(
-            f"| {precision} | {values['mean_test_accuracy']:.4f} | "
-            f"{'-' if spread is None else f'{spread:.4f}'} | "
-            f"{values.get('difference_from_fp32', 0):+.4f} | {values.get('within_noise')} | "
-            f"{values['mean_images_per_second']:.0f} |")
+             ]
+    lines += markdown_table(
+        ["precision", "seed", "test accuracy", "train img/s"],
+        [[run["precision"], run["seed"], f"{run['test_accuracy']:.4f}",
+          f"{run['images_per_second']:.0f}"] for run in result["runs"]], "lrrr")
+    lines.append("")
+    lines += markdown_table(
+        ["precision", "mean accuracy", "seed spread (stdev)", "difference from fp32",
+         "within noise", "mean train img/s"],
+        [[precision, f"{values['mean_test_accuracy']:.4f}",
+          "-" if values["stdev_test_accuracy"] is None else f"{values['stdev_test_accuracy']:.4f}",
+          f"{values.get('difference_from_fp32', 0):+.4f}", values.get("within_noise"),
+          f"{values['mean_images_per_second']:.0f}"]
+         for precision, values in result["summary"].items()], "lrrrlr")
     lines += ["", "Within noise: the difference of the means is at most twice the larger "
               "seed-to-seed standard deviation.", ""]
     return "\n".join(lines)
@@ -126,8 +129,7 @@ def main(argv=None):
               "backend": config["backend"], "keras": keras.__version__,
               "device": device_description(), "data_source": args.data_label or config["data_source"],
               "runs": runs, "summary": summarise(runs, args.precision)}
-    record.write_json(args.json, result)
-    record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+    write_report(args.json, result, table)
     print(table(result))
     return 0
 

@@ -24,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.tables import markdown_table, write_report  # noqa: E402
+
 from benchmarks.augment import machine  # noqa: E402
-from training import record  # noqa: E402
 
 TARGET_RATIO = 1.25
 TUNE = os.path.join(ROOT, "experiments", "tune.py")
@@ -51,11 +52,11 @@ def table(result):
              f"`tune.py {result['search']} --quick --max-trials {result['trials']}` in one "
              f"process, backend {result['backend']}; {result['machine']['cpu_count']} CPU cores, "
              f"{result['machine']['platform']}; {result['date']}.", "",
-             "| trial (in order of finishing) | status | trainable parameters | resident MiB |",
-             "|---:|---|---:|---:|"]
-    for index, trial in enumerate(result["per_trial"], start=1):
-        lines.append(f"| {index} | {trial['status']} | {trial['trainable_params']:,} | "
-                     f"{trial['resident_mb']:,.0f} |")
+             ]
+    lines += markdown_table(
+        ["trial (in order of finishing)", "status", "trainable parameters", "resident MiB"],
+        [[index, trial["status"], f"{trial['trainable_params']:,}", f"{trial['resident_mb']:,.0f}"]
+         for index, trial in enumerate(result["per_trial"], start=1)], "rlrr")
     verdict = "met" if result["met"] else "**not met**"
     lines += ["", f"After trial {len(result['per_trial'])} / after trial 2: "
               f"**{result['ratio']:.3f}** (target at most {TARGET_RATIO}: {verdict}).", ""]
@@ -89,8 +90,7 @@ def main(argv=None):
               "resident_mb_last": finished[-1]["resident_mb"],
               "ratio": round(ratio, 4), "target_ratio": TARGET_RATIO, "met": ratio <= TARGET_RATIO}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    record.write_json(args.json, result)
-    record.atomic_write_text(os.path.splitext(args.json)[0] + ".md", table(result))
+    write_report(args.json, result, table)
     print(f"resident memory after trial {len(finished)} / after trial 2: {ratio:.3f} "
           f"(target <= {TARGET_RATIO}); wrote {args.json} and its .md table")
     return 0

@@ -9,7 +9,6 @@ of the model.keras it scored.
 """
 
 import argparse
-import json
 import os
 import sys
 

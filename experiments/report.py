@@ -37,7 +37,8 @@ PAPERS = {
 }
 
 
-DESCRIPTIVE_FIELDS = ("notes", "paper_source", "paper_accuracy", "eval_batch_size")
+# Recipe fields that describe a run or choose how it computes, not what it trains.
+DESCRIPTIVE_FIELDS = ("notes", "paper_source", "paper_accuracy", "eval_batch_size", "fast_path")
 
 # What the images were: the original release, or CIFAR-10 rebuilt from the JPEG copy
 # (quality ~75), where a few points below the paper are expected.

@@ -13,6 +13,7 @@ from keras import layers
 
 from models import layers as tl
 from models import native
+from models.native_graph import Network
 from models.registry import check_numbers, register
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
@@ -113,7 +114,7 @@ def cifar_resnet(
             )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = tl.dense(x, num_classes, name="logits", init=init)
-    return native.Network(inputs, outputs, name=name)
+    return Network(inputs, outputs, name=name)
 
 
 # Paper 001 (ResNet5M), Table 1: rows 1-12. Row 1 is the notebook network with dropout 0.2.

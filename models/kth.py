@@ -13,6 +13,7 @@ from keras import layers, regularizers
 
 from models import layers as tl
 from models import native
+from models.native_graph import Network
 
 from models.registry import check_numbers, register
 
@@ -66,7 +67,7 @@ def vgg_cnn(num_classes=10, *, blocks=3, norm=None, pool_dropout=(), dense_dropo
     if dense_dropout:
         x = native.Dropout(dense_dropout, name="dense_drop")(x)
     outputs = layers.Dense(num_classes, name="logits", dtype=tl.LOGITS_DTYPE)(x)
-    return native.Network(inputs, outputs, name=name)
+    return Network(inputs, outputs, name=name)
 
 
 @register("kth_vgg1", paper="004")
@@ -158,7 +159,7 @@ def kth_resnet(num_classes=10, *, stages, widths, stem, l2, dropout=0.0,
     else:
         x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="logits", dtype=tl.LOGITS_DTYPE)(x)
-    return native.Network(inputs, outputs, name=name)
+    return Network(inputs, outputs, name=name)
 
 
 @register("kth_resnet_a", paper="004")

@@ -86,7 +86,7 @@ class SubsampleChannelPad(layers.Layer):
     """He et al.'s option-A shortcut: keep every `strides`-th pixel (from the
     first) and zero-pad the channels equally on both sides. No parameters."""
 
-    direct_call = True  # a plain function of its input: native.Network may skip __call__
+    direct_call = True  # a plain function of its input: native_graph.Network may skip __call__
 
     def __init__(self, strides, channels_before, channels_after, **kwargs):
         super().__init__(**kwargs)

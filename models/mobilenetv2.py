@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 from models import layers as tl
-from models import native
+from models.native_graph import Network
 from models.registry import check_numbers, register
 
 # (expansion, output channels, blocks, first stride) per row; `None` takes the
@@ -58,4 +58,4 @@ def mobilenetv2(num_classes=10, *, expansion=7, row_strides=None):
     # also serves the stride-2 variant, whose map is 2x2.
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = tl.dense(x, num_classes, name="logits")
-    return native.Network(inputs, outputs, name=f"mobilenetv2_t{expansion}")
+    return Network(inputs, outputs, name=f"mobilenetv2_t{expansion}")

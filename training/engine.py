@@ -39,9 +39,9 @@ from data.noise import corrupt_labels
 from data.normalize import Normalizer
 from data.pipeline import MAX_AUTO_INPUT_THREADS as MAX_INPUT_THREADS
 from data.pipeline import CifarBatches, input_threads
-from models import build_model, count_params
+from models import build_model, count_params, native, native_graph
 from models.export import save_inference_model
-from training import allocator, record, schedules, transfer
+from training import allocator, record, transfer
 from training.machine import cpu_flags, device_description, precision_warning, versions
 from training.distribute import DistributeError, placement as make_placement
 from training.losses import loss_and_metrics
@@ -195,16 +195,28 @@ def _apply_noise(spec, seed, run_dir, train, num_classes):
     return (x_train, noisy), flipped, summary
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stretch of epochs trained with one optimizer: a run has one ("train"); a
+    transfer run has "head" (its new head alone) and then "finetune"."""
+    name: str
+    first_epoch: int
+    end_epoch: int
+    optimizer: dict
+    schedule: dict
+    backup: str  # BackupAndRestore's folder, in the run folder
+
+
 def _stages(recipe):
-    """(name, first epoch, end epoch, optimizer spec, schedule spec, backup folder)."""
     if not recipe.transfer:
-        return [("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, "backup")]
+        return [Stage("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, "backup")]
     head_epochs = recipe.transfer.get("head_epochs", 0)
     head_optimizer = {**recipe.optimizer, "learning_rate": recipe.transfer.get(
         "head_learning_rate", recipe.optimizer["learning_rate"])}
-    stages = [("head", 0, head_epochs, head_optimizer, {"kind": "constant"}, "backup-head")]
-    stages.append(("finetune", head_epochs, recipe.epochs, recipe.optimizer, recipe.schedule, "backup"))
-    return [stage for stage in stages if stage[2] > stage[1]]
+    stages = [Stage("head", 0, head_epochs, head_optimizer, {"kind": "constant"}, "backup-head"),
+              Stage("finetune", head_epochs, recipe.epochs, recipe.optimizer, recipe.schedule,
+                    "backup")]
+    return [stage for stage in stages if stage.end_epoch > stage.first_epoch]
 
 
 def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
@@ -369,8 +381,26 @@ def train(recipe, options):
         lock.release()
 
 
+@dataclasses.dataclass
+class Prepared:
+    """What a run trains: its data split, batches, network and stages."""
+    data: object  # data.cifar.CifarData
+    train: tuple  # (images, labels) as trained (labels noisy under label noise)
+    val: tuple
+    test: tuple
+    normalizer: Normalizer
+    train_batches: CifarBatches
+    val_batches: CifarBatches
+    model: keras.Model
+    stages: list  # of Stage, the ones left to train
+    extra_callbacks: list  # Memorisation under label noise
+    noise_summary: dict
+    params: tuple  # (trainable, non-trainable), the whole network trainable
+    val_from_test: bool = True  # the test set (or its first val_images) validates
+
+
 def _train_locked(recipe, options, full_epochs, placement, run_dir, config, created):
-    """train() once this process holds the run folder's lock."""
+    """train() once this process holds the run folder's lock: prepare, each stage, finish."""
     status = _check_existing(run_dir, config)
     if status and status.get("status") == "completed":
         print(f"{recipe.name}: already completed in {run_dir}; nothing to do "
@@ -379,175 +409,188 @@ def _train_locked(recipe, options, full_epochs, placement, run_dir, config, crea
     warning = precision_warning(options.precision, config["device"], cpu_flags())
     if warning:  # only where something will train
         print(warning, file=sys.stderr)
-
     with _removed_if_refused(created):
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-            probe = os.path.join(run_dir, ".write-test")
-            with open(probe, "w") as stream:
-                stream.write("ok")
-            os.remove(probe)
-        except OSError as error:
-            raise RunError(f"Cannot write the run record to {run_dir} ({error.strerror}); "
-                           f"pass --output-dir with a writable folder.") from None
-
-        data, train_split, val_split, test_split = prepare_data(recipe, options)
-        val_is_test = not recipe.val_split
-        # A subset of the test set validating each epoch (val_images) leaves the whole
-        # test set to score the final and best models at the end.
-        whole_test = len(val_split[0]) == len(test_split[0]) or not val_is_test
-        config.update(data_source=data.source, data_origin=data.origin,
-                      train_images=len(train_split[0]),
-                      validation_images=len(val_split[0]),
-                      validation=(f"{recipe.val_split} held-out training images" if not val_is_test
-                                  else "test set" if whole_test
-                                  else f"the first {len(val_split[0])} test images"))
-        noise_summary, flipped = {}, None
-        if recipe.noise:
-            true_train_labels = train_split[1]
-            train_split, flipped, noise_summary = _apply_noise(
-                recipe.noise, options.seed, run_dir, train_split, data.num_classes)
-            config.update(noise_summary)
-        source_path = None
-        if recipe.transfer:
-            source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
-                                                     options.seed, options.quick)
-            config["transfer_source"] = os.path.abspath(source_path)
-
-        normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
-        train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
-                                                      val_split, data.num_classes)
-
-        keras.utils.set_random_seed(options.seed)
-        if options.deterministic:
-            _enable_determinism()
-        stages = _stages(recipe)
-        head_path = os.path.join(run_dir, "head.keras")
-        # Variables are created (mirrored or sharded) by the strategy, under the
-        # precision's policy.
-        with placement.scope(), precision_policy(options.precision):
-            if recipe.transfer and os.path.exists(head_path):
-                model = keras.models.load_model(head_path, compile=False)
-                stages = [stage for stage in stages if stage[0] != "head"]
-            elif recipe.transfer:
-                model = transfer.transfer_model(source_path, data.num_classes)
-            else:
-                try:
-                    model = build_model(recipe.model, data.num_classes, **recipe.model_args)
-                except (ValueError, TypeError) as error:
-                    raise RunError(f"model_args {json.dumps(recipe.model_args)} do not build "
-                                   f"{recipe.model}: {error}") from None
-        # Written once the network builds, so that a run refused here leaves no record
-        # that a corrected rerun would have to match.
+        prepared = _prepare(recipe, options, placement, run_dir, config)
+        # Written once the network builds, so that a run refused before leaves no
+        # record that a corrected rerun would have to match.
         record.write_json(os.path.join(run_dir, "config.json"), config)
-    transfer.set_backbone_trainable(model, True)
-    params = count_params(model)
-
-    history_path = os.path.join(run_dir, "history.csv")
-    mode = "min" if "loss" in recipe.monitor else "max"
-    extra_callbacks = []
-    if flipped is not None:
-        flipped_images = train_split[0][flipped]
-        extra_callbacks.append(Memorisation(
-            _evaluation_batches(recipe, normalizer, flipped_images, true_train_labels[flipped],
-                                data.num_classes),
-            true_train_labels[flipped], train_split[1][flipped]))
-
     record.write_status(run_dir, "running")
     start = time.time()
-    for stage_name, first_epoch, end_epoch, optimizer_spec, schedule, backup_name in stages:
-        if recipe.transfer:
-            transfer.set_backbone_trainable(model, stage_name != "head")
-        with placement.scope():
-            base_lr = compile_model(model, recipe, optimizer_spec, schedule)
-        placement.prepare(model)
-        backup_dir = os.path.join(run_dir, backup_name)
-        done = first_epoch
-        metadata = os.path.join(backup_dir, "training_metadata.json")
-        if os.path.exists(metadata):
-            done = int(record.read_json(metadata).get("epoch", first_epoch))
-        try:
-            history = record.truncate_history(history_path, done)
-        except record.HistoryError as error:
-            raise RunError(str(error)) from None
-        if done > first_epoch or (done and stage_name == "finetune"):
-            print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
-        best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
-        threshold = best_so_far[0] if best_so_far else None
+    for stage in prepared.stages:
+        _fit_stage(recipe, options, placement, run_dir, prepared, stage)
+    prepared.train_batches.close()  # its threads; a group's next experiment builds its own
+    return _finish(recipe, options, run_dir, prepared, full_epochs, start)
 
-        interrupt_guard = InterruptGuard()
-        callback_list = [interrupt_guard, EpochSync(train_batches)]
-        callback_list += schedule_callbacks(schedule, base_lr, recipe.epochs,
-                                                      state_dir=backup_dir)
-        callback_list += [
-            EpochLog(),
-            RunProgress(recipe.name, recipe.epochs, [row.get("seconds") for row in history]),
-            keras.callbacks.TerminateOnNaN(),
-            AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
-                                  mode=mode, save_best_only=True, initial_value_threshold=threshold),
-            *extra_callbacks,
-        ]
-        if recipe.early_stopping:
-            callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
-        if options.tensorboard:  # scalars per epoch: loss, accuracy, lr, seconds
-            callback_list.append(keras.callbacks.TensorBoard(
-                os.path.join(run_dir, "tensorboard"), histogram_freq=0, write_graph=False))
-        callback_list += [
-            keras.callbacks.CSVLogger(history_path, append=True),
-            AtomicBackupAndRestore(backup_dir),
-        ]
-        try:
-            with placement.scope(), interrupt_guard:
-                model.fit(train_batches, validation_data=val_batches, initial_epoch=first_epoch,
-                          epochs=end_epoch, callbacks=callback_list, shuffle=False,
-                          verbose=options.verbose)
-        except KeyboardInterrupt:
-            record.write_status(run_dir, "interrupted",
-                                reason="stopped by Ctrl-C; rerun the same command to resume")
-            raise
-        except OSError as error:  # a full disk or a vanished folder while saving
-            # The epoch in progress (EpochSync sets it as each begins; `done` before
-            # the first), counted from 1 as Keras's progress lines count them.
-            epoch = max(train_batches.epoch, done) + 1
-            reason = (f"could not write {error.filename or 'a file'} "
-                      f"({error.strerror or error}) in epoch {epoch}")
-            record.write_status(run_dir, "failed", reason=reason)
-            raise RunError(f"{recipe.name}: {reason}. The files written before are intact; "
-                           f"free space and rerun the same command to resume.") from None
-        except Exception as error:
-            record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
-            raise
-        if stage_name == "head":
-            record.save_model(model, head_path)
-    train_batches.close()  # its threads; a group's next experiment builds its own
 
-    history = record.read_history(history_path)
+def _prepare(recipe, options, placement, run_dir, config):
+    """Data, normalisation, batches and the network (built, or loaded for a transfer
+    run); completes `config` with what the data turned out to be."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w") as stream:
+            stream.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise RunError(f"Cannot write the run record to {run_dir} ({error.strerror}); "
+                       f"pass --output-dir with a writable folder.") from None
+    data, train_split, val_split, test_split = prepare_data(recipe, options)
+    from_test = not recipe.val_split
+    # A subset of the test set validating each epoch (val_images) leaves the whole
+    # test set to score the final and best models at the end.
+    whole_test = len(val_split[0]) == len(test_split[0])
+    config.update(data_source=data.source, data_origin=data.origin,
+                  train_images=len(train_split[0]), validation_images=len(val_split[0]),
+                  validation=(f"{recipe.val_split} held-out training images" if not from_test
+                              else "test set" if whole_test
+                              else f"the first {len(val_split[0])} test images"))
+    noise_summary, extra_callbacks = {}, []
+    if recipe.noise:
+        true_labels = train_split[1]
+        train_split, flipped, noise_summary = _apply_noise(
+            recipe.noise, options.seed, run_dir, train_split, data.num_classes)
+        config.update(noise_summary)
+    source_path = None
+    if recipe.transfer:
+        source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
+                                                 options.seed, options.quick)
+        config["transfer_source"] = os.path.abspath(source_path)
+    normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
+    train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
+                                                  val_split, data.num_classes)
+    if recipe.noise:
+        extra_callbacks.append(Memorisation(
+            _evaluation_batches(recipe, normalizer, train_split[0][flipped], true_labels[flipped],
+                                data.num_classes),
+            true_labels[flipped], train_split[1][flipped]))
+    keras.utils.set_random_seed(options.seed)
+    if options.deterministic:
+        _enable_determinism()
+    native.NATIVE_TORCH = recipe.fast_path
+    config["fast_path_active"] = native_graph.active()  # the PyTorch backend, Keras as tested
+    stages = _stages(recipe)
+    head_path = os.path.join(run_dir, "head.keras")
+    # Variables are created (mirrored or sharded) by the strategy, under the precision's policy.
+    with placement.scope(), precision_policy(options.precision):
+        if recipe.transfer and os.path.exists(head_path):
+            model = keras.models.load_model(head_path, compile=False)
+            stages = [stage for stage in stages if stage.name != "head"]
+        elif recipe.transfer:
+            model = transfer.transfer_model(source_path, data.num_classes)
+        else:
+            try:
+                model = build_model(recipe.model, data.num_classes, **recipe.model_args)
+            except (ValueError, TypeError) as error:
+                raise RunError(f"model_args {json.dumps(recipe.model_args)} do not build "
+                               f"{recipe.model}: {error}") from None
+    transfer.set_backbone_trainable(model, True)
+    return Prepared(data, train_split, val_split, test_split, normalizer, train_batches,
+                    val_batches, model, stages, extra_callbacks, noise_summary,
+                    count_params(model), val_from_test=from_test)
+
+
+def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history, guard):
+    """The callbacks of one stage's fit, in the order they must run."""
+    backup_dir = os.path.join(run_dir, stage.backup)
+    best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
+    callback_list = [guard, EpochSync(prepared.train_batches)]
+    callback_list += schedule_callbacks(stage.schedule, base_lr, recipe.epochs,
+                                        state_dir=backup_dir)
+    callback_list += [
+        EpochLog(),
+        RunProgress(recipe.name, recipe.epochs, [row.get("seconds") for row in history]),
+        keras.callbacks.TerminateOnNaN(),
+        AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
+                              mode="min" if "loss" in recipe.monitor else "max",
+                              save_best_only=True,
+                              initial_value_threshold=best_so_far[0] if best_so_far else None),
+        *prepared.extra_callbacks,
+    ]
+    if recipe.early_stopping:
+        callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
+    if options.tensorboard:  # scalars per epoch: loss, accuracy, lr, seconds
+        callback_list.append(keras.callbacks.TensorBoard(
+            os.path.join(run_dir, "tensorboard"), histogram_freq=0, write_graph=False))
+    return callback_list + [keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"),
+                                                      append=True),
+                            AtomicBackupAndRestore(backup_dir)]
+
+
+def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
+    """Compiles the stage's optimizer and fits its epochs, resuming from its backup."""
+    model = prepared.model
+    if recipe.transfer:
+        transfer.set_backbone_trainable(model, stage.name != "head")
+    with placement.scope():
+        base_lr = compile_model(model, recipe, stage.optimizer, stage.schedule)
+    placement.prepare(model)
+    done = stage.first_epoch
+    metadata = os.path.join(run_dir, stage.backup, "training_metadata.json")
+    if os.path.exists(metadata):
+        done = int(record.read_json(metadata).get("epoch", stage.first_epoch))
+    try:
+        history = record.truncate_history(os.path.join(run_dir, "history.csv"), done)
+    except record.HistoryError as error:
+        raise RunError(str(error)) from None
+    if done > stage.first_epoch or (done and stage.name == "finetune"):
+        print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
+    guard = InterruptGuard()
+    callback_list = _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr,
+                                     history, guard)
+    try:
+        with placement.scope(), guard:
+            model.fit(prepared.train_batches, validation_data=prepared.val_batches,
+                      initial_epoch=stage.first_epoch, epochs=stage.end_epoch,
+                      callbacks=callback_list, shuffle=False, verbose=options.verbose)
+    except KeyboardInterrupt:
+        record.write_status(run_dir, "interrupted",
+                            reason="stopped by Ctrl-C; rerun the same command to resume")
+        raise
+    except OSError as error:  # a full disk or a vanished folder while saving
+        # The epoch in progress (EpochSync sets it as each begins; `done` before
+        # the first), counted from 1 as Keras's progress lines count them.
+        epoch = max(prepared.train_batches.epoch, done) + 1
+        reason = (f"could not write {error.filename or 'a file'} "
+                  f"({error.strerror or error}) in epoch {epoch}")
+        record.write_status(run_dir, "failed", reason=reason)
+        raise RunError(f"{recipe.name}: {reason}. The files written before are intact; "
+                       f"free space and rerun the same command to resume.") from None
+    except Exception as error:
+        record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
+        raise
+    if stage.name == "head":
+        record.save_model(model, os.path.join(run_dir, "head.keras"))
+
+
+def _finish(recipe, options, run_dir, prepared, full_epochs, start):
+    """A NaN check, the test scores, metrics.json, model.keras and the status."""
+    history = record.read_history(os.path.join(run_dir, "history.csv"))
     nan_epochs = [row["epoch"] for row in history if not np.isfinite(row.get("loss", 0.0))]
     if nan_epochs:
         reason = f"loss became NaN in epoch {nan_epochs[0] + 1} (TerminateOnNaN stopped the run)"
         record.write_status(run_dir, "failed", reason=reason)
         raise RunError(f"{recipe.name}: {reason}. Lower the learning rate or check the data.")
-
+    model, test = prepared.model, prepared.test
     best_path = os.path.join(run_dir, "best.keras")
     best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
-    if not val_is_test or len(val_split[0]) < len(test_split[0]):
+    if not prepared.val_from_test or len(prepared.val[0]) < len(test[0]):
         print(f"{recipe.name}: training done; scoring the final and the best model on the "
-              f"{len(test_split[0]):,} test images.", flush=True)
-        test_batches = _evaluation_batches(recipe, normalizer, *test_split, data.num_classes)
+              f"{len(test[0]):,} test images.", flush=True)
+        test_batches = _evaluation_batches(recipe, prepared.normalizer, *test,
+                                           prepared.data.num_classes)
         test_scores["final_test_accuracy"] = float(model.evaluate(test_batches, verbose=0)[1])
         if best_model is not model:
             best_loss, best_metrics = loss_and_metrics(recipe)
             best_model.compile(loss=best_loss, metrics=best_metrics)
             test_scores["best_test_accuracy"] = float(best_model.evaluate(test_batches, verbose=0)[1])
-    metrics = _summary(history, recipe, params, len(train_split[0]), val_is_test, test_scores)
-    metrics["wall_seconds_this_session"] = time.time() - start
-    metrics["quick"] = options.quick
-    metrics["full_recipe_epochs"] = full_epochs
-    metrics.update(noise_summary)
+    metrics = _summary(history, recipe, prepared.params, len(prepared.train[0]),
+                       prepared.val_from_test, test_scores)
+    metrics.update(wall_seconds_this_session=time.time() - start, quick=options.quick,
+                   full_recipe_epochs=full_epochs, **prepared.noise_summary)
     record.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     # The best model for use outside the suite: raw pixels in, plain Keras layers.
-    save_inference_model(best_model, normalizer, os.path.join(run_dir, "model.keras"))
+    save_inference_model(best_model, prepared.normalizer, os.path.join(run_dir, "model.keras"))
     record.write_status(run_dir, "completed")
     return metrics
 

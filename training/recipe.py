@@ -54,6 +54,9 @@ class Recipe:
     # best models are then scored on the whole test set at the end.
     val_images: int = 0
     eval_batch_size: int = 500  # images per evaluation step (does not change results)
+    # The PyTorch backend's fast path (models/native.py kernels, native_graph.py's plan):
+    # the same function to float32 rounding; false runs Keras's own layers and call.
+    fast_path: bool = True
     monitor: str = "val_accuracy"  # what best.keras keeps the best of
     early_stopping: dict = None  # {"monitor", "patience", "min_delta"}; None: off
     mixup: dict = None  # data.mixing.Mixer fields: kind, alpha, p, gate, stop_epoch; None: off
@@ -225,6 +228,8 @@ def validate(recipe):
          f"batch_size must be a whole number >= 1; got {recipe.batch_size!r}.")
     need(isinstance(recipe.val_split, int) and recipe.val_split >= 0,
          f"val_split must be a whole number >= 0; got {recipe.val_split!r}.")
+    need(isinstance(recipe.fast_path, bool),
+         f"fast_path must be true or false; got {recipe.fast_path!r}.")
     need(recipe.val_selection in VAL_SELECTIONS,
          f"val_selection must be one of {', '.join(VAL_SELECTIONS)}; got {recipe.val_selection!r}.")
     need(isinstance(recipe.train_images, int) and recipe.train_images >= 0,

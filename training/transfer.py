@@ -13,7 +13,7 @@ import os
 
 import keras
 
-from models import native
+from models.native_graph import Network
 from models.layers import LOGITS_DTYPE
 
 
@@ -56,7 +56,7 @@ def transfer_model(path, num_classes, input_shape=(32, 32, 3)):
                             f"(its last layer is {type(classifier).__name__}).")
     features = classifier.input
     head = keras.layers.Dense(num_classes, name="transfer_head", dtype=LOGITS_DTYPE)(features)
-    return native.Network(source.input, head, name=f"{source.name}_transfer")
+    return Network(source.input, head, name=f"{source.name}_transfer")
 
 
 def set_backbone_trainable(model, trainable):
