@@ -16,12 +16,14 @@ import dataclasses
 
 import numpy as np
 
+from training.spec import DataView
+
 KINDS = ("mixup", "cutmix")
 GATES = ("batch", "epoch")
 
 
-@dataclasses.dataclass
-class Mixer:
+@dataclasses.dataclass(frozen=True)
+class Mixer(DataView):
     kind: str = "mixup"
     alpha: float = 1.0  # Beta(alpha, alpha)
     p: float = 1.0  # probability that the gate opens

@@ -7,7 +7,12 @@ augmentation (torchvision's ToTensor/Normalize, which come after the crop, so
 the crop's zero padding is black before normalisation).
 """
 
+import dataclasses
+from typing import ClassVar
+
 import numpy as np
+
+from training.spec import Spec, parse
 
 # Per-channel constants, (mean, std) on the [0, 1] scale.
 CHANNEL_STATS = {
@@ -106,3 +111,54 @@ class Normalizer:
     def pad_value(self):
         """The normalised value of a black pixel (torchvision pads before Normalize)."""
         return self(np.zeros((1, 1, 1, 3), np.float32))[0, 0, 0]
+
+
+# ---------------------------------------------------------------- typed specs
+# One frozen dataclass per kind (registry: training.spec.classes("normalization"));
+# `.build()` makes the Normalizer, which checks the fields as a run would.
+class Normalization(Spec):
+    family = "normalization"
+
+    def build(self):
+        return Normalizer(self.kind, **{k: v for k, v in self.to_dict().items() if k != "kind"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale(Normalization):
+    kind: ClassVar[str] = "scale"
+    stage: str = None  # None: the kind's default (DEFAULT_STAGE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Channel(Normalization):
+    kind: ClassVar[str] = "channel"
+    stats: str = None  # a key of CHANNEL_STATS
+    stage: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PerImage(Normalization):
+    kind: ClassVar[str] = "per_image"
+    stage: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PerPixel(Normalization):
+    kind: ClassVar[str] = "per_pixel"
+    scale_bug: bool = False
+    stage: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PerPixelMean(Normalization):
+    kind: ClassVar[str] = "per_pixel_mean"
+    stage: str = None
+
+
+def normalization(value):
+    """`value` (a spec or its dict form) as a Normalization, checked as a run would."""
+    if isinstance(value, dict):
+        Normalizer(**value)  # the kind's own messages for a field it does not read
+    parsed = parse("normalization", value)
+    parsed.build()
+    return parsed

@@ -43,7 +43,6 @@ def _run_model(run_dir, data_dir):
     import keras
 
     import cifar_repro  # noqa: F401  (best.keras holds the suite's layers)
-    from data.normalize import Normalizer
     from models.export import save_inference_model
     from training.engine import RunOptions, prepare_data
     from training.recipe import Recipe
@@ -53,7 +52,7 @@ def _run_model(run_dir, data_dir):
     options = RunOptions(seed=config.get("seed", 0), data_dir=data_dir,
                          quick=bool(config.get("quick")))
     _, (x_train, _), _, _ = prepare_data(recipe, options)
-    normalizer = Normalizer(**recipe.normalization).fit(x_train)
+    normalizer = recipe.normalization.build().fit(x_train)
     print(f"{run_dir}: writing model.keras from best.keras (recorded before runs wrote one)")
     return save_inference_model(keras.models.load_model(best, compile=False), normalizer, path)
 

@@ -5,7 +5,12 @@ augmentation and reported number. Sources are tagged as in the reference:
 
 import math
 
+from data.mixing import Mixer
+from data.normalize import Channel, PerImage, PerPixel, PerPixelMean, Scale
+from training.optimizer_specs import SGD, Adagrad, Adam, RMSprop
 from training.recipe import Recipe
+from training.schedules import (Constant, Cosine, Exponential, KthStep, OneCycle, Plateau, Step,
+                                StepIterations)
 
 EXPERIMENTS = {}
 GROUPS = {}
@@ -25,17 +30,16 @@ CROP_FLIP = [{"op": "crop", "padding": 4}, {"op": "hflip", "p": 0.5}]  # torchvi
 
 
 def keras_sgd(lr, momentum=0.9):
-    return {"name": "sgd", "learning_rate": lr, "momentum": momentum, "style": "keras"}
+    return SGD(learning_rate=lr, momentum=momentum, style="keras")
 
 
-def torch_sgd(lr, momentum=0.9, weight_decay=0.0):
-    return {"name": "sgd", "learning_rate": lr, "momentum": momentum,
-            "weight_decay": weight_decay, "style": "torch"}
+def torch_sgd(lr, momentum=0.9, weight_decay=0.0, **options):
+    return SGD(learning_rate=lr, momentum=momentum, weight_decay=weight_decay, **options)
 
 
 # ---------------------------------------------------------------- paper 004 (KTH, Keras)
 CNN = dict(paper="004", epochs=100, batch_size=64, optimizer=keras_sgd(0.001),
-           schedule={"kind": "constant"}, normalization={"kind": "scale"})
+           schedule=Constant(), normalization=Scale())
 
 experiment(name="cnn_baseline", model="kth_vgg1", **CNN, paper_accuracy=68.0,
            paper_source="[P] paper text; Fig 1 is this run",
@@ -68,9 +72,8 @@ for _norm, _accuracy in NORM_STUDY_ACCURACY.items():
     experiment(
         name=f"norm_{_norm}", paper="004", model="kth_norm_cnn", model_args={"norm": _norm},
         epochs=10, batch_size=64,
-        optimizer={"name": "adam", "learning_rate": 0.001, "style": "keras"},
-        schedule={"kind": "constant"},
-        normalization={"kind": "per_pixel", "scale_bug": True},
+        optimizer=Adam(learning_rate=0.001, style="keras"), schedule=Constant(),
+        normalization=PerPixel(scale_bug=True),
         augment=SHIFT_FLIP + [{"op": "vflip", "p": 0.5}],
         val_split=5000, val_selection="numpy_seed0_choice", train_images=10000,
         paper_accuracy=_accuracy,
@@ -87,13 +90,11 @@ for _norm, _accuracy in NORM_STUDY_ACCURACY.items():
     )
 
 RESNET_004 = dict(paper="004", epochs=100, batch_size=128, optimizer=keras_sgd(0.1),
-                  schedule={"kind": "kth_step"}, normalization={"kind": "per_image"},
-                  augment=SHIFT_FLIP)
+                  schedule=KthStep(), normalization=PerImage(), augment=SHIFT_FLIP)
 
 experiment(name="resnet_plain", model="kth_resnet_a",
            **{**RESNET_004, "epochs": 50, "batch_size": 64,
-              "optimizer": {"name": "adam", "learning_rate": 0.001, "style": "keras"},
-              "schedule": {"kind": "constant"}},
+              "optimizer": Adam(learning_rate=0.001, style="keras"), "schedule": Constant()},
            paper_source="[P] 'peaked at around the same accuracy' as the CNN; Fig 3a ~87-88%",
            notes="ResNet-A with ResNet_Jan.py's augmentation (shift + flip, no rotation).")
 experiment(name="resnet_step", model="kth_resnet_b", **RESNET_004, paper_accuracy=93.36,
@@ -135,8 +136,7 @@ for _kind, _rate in NOISE_SWEEP:
 experiment(name="resnet_cifar100_transfer", model="kth_resnet_b",
            model_args={"stages": [3, 3, 3], "widths": [64, 128, 256]},
            **{**RESNET_004, "paper": "suite", "dataset": "cifar100", "epochs": 30,
-              "optimizer": keras_sgd(0.01),
-              "schedule": {"kind": "step", "boundaries": [20], "factor": 0.1}},
+              "optimizer": keras_sgd(0.01), "schedule": Step(boundaries=[20], factor=0.1)},
            transfer={"source": "resnet_deep", "run": None, "head_epochs": 5,
                      "head_learning_rate": 0.1},
            paper_source="beyond the papers; compare resnet_cifar100 (71.39% from scratch, [P])",
@@ -147,9 +147,8 @@ experiment(name="resnet_cifar100_transfer", model="kth_resnet_b",
 
 # ---------------------------------------------------------------- paper 000 (MobileNetV2)
 MOBILENET = dict(paper="000", model="mobilenetv2", epochs=200, batch_size=128,
-                 optimizer=torch_sgd(0.045, weight_decay=5e-4),
-                 schedule={"kind": "exponential", "gamma": 0.98},
-                 normalization={"kind": "channel", "stats": "kuangliu"}, augment=CROP_FLIP)
+                 optimizer=torch_sgd(0.045, weight_decay=5e-4), schedule=Exponential(gamma=0.98),
+                 normalization=Channel(stats="kuangliu"), augment=CROP_FLIP)
 MOBILENET_NOTE = ("Momentum 0.9 and coupled weight decay 5e-4 from kuangliu's main.py; "
                   "gamma 0.98 per epoch is the MobileNetV2 paper's decay for lr 0.045 "
                   "(the seed paper gives none). Global average pooling, not '7x7'. The "
@@ -164,8 +163,8 @@ experiment(name="mobilenetv2_t6", **MOBILENET, model_args={"expansion": 6},
            paper_source="[P] 'similar' to t=7, no number", notes=MOBILENET_NOTE)
 experiment(name="mobilenetv2_t5", **MOBILENET, model_args={"expansion": 5},
            paper_source="[P] 'similar' to t=7, no number", notes=MOBILENET_NOTE)
-experiment(name="mobilenetv2_adam", **{**MOBILENET, "optimizer": {
-    "name": "adam", "learning_rate": 0.001, "weight_decay": 5e-4, "style": "torch"}},
+experiment(name="mobilenetv2_adam",
+           **{**MOBILENET, "optimizer": Adam(learning_rate=0.001, weight_decay=5e-4)},
            model_args={"expansion": 7}, paper_source="[P] Adam converged faster, SGD ended higher",
            notes="Adam at PyTorch's default lr 1e-3 (the paper gives none). " + MOBILENET_NOTE)
 experiment(name="mobilenetv2_stride2", **MOBILENET,
@@ -176,9 +175,8 @@ experiment(name="mobilenetv2_stride2", **MOBILENET,
 
 # ---------------------------------------------------------------- paper 001 (ResNet5M)
 experiment(name="resnet5m_row1", paper="001", model="resnet5m", model_args={"row": 1},
-           epochs=65, batch_size=32, optimizer=torch_sgd(0.01),
-           schedule={"kind": "onecycle", "max_lr": 0.1},
-           normalization={"kind": "channel", "stats": "half"}, augment=CROP_FLIP,
+           epochs=65, batch_size=32, optimizer=torch_sgd(0.01), schedule=OneCycle(max_lr=0.1),
+           normalization=Channel(stats="half"), augment=CROP_FLIP,
            paper_accuracy=93.32, paper_source="[P] Table 1 row 1 = [L] final epoch of the notebook",
            notes="The notebook recipe: one-cycle (max lr 0.1, stepped per epoch, momentum "
                  "0.95-0.85), no weight decay, dropout 0.2. The notebook also augmented "
@@ -187,16 +185,15 @@ experiment(name="resnet5m_row1", paper="001", model="resnet5m", model_args={"row
 # Row 6's ResNetTrain.py recipe; rows 2-12 have no script of their own and take it
 # with the row's optimizer. Every optimizer keeps the coupled weight decay 5e-4.
 RESNET5M = dict(paper="001", model="resnet5m", epochs=200, batch_size=128,
-                optimizer=torch_sgd(0.01, weight_decay=5e-4),
-                schedule={"kind": "cosine", "t_max": 200},
-                normalization={"kind": "channel", "stats": "resnet5m"},
+                optimizer=torch_sgd(0.01, weight_decay=5e-4), schedule=Cosine(t_max=200),
+                normalization=Channel(stats="resnet5m"),
                 augment=CROP_FLIP + [{"op": "autoaugment"}])
 # PyTorch's default learning rates for the optimizers without a script.
 ROW_OPTIMIZERS = {
     "sgd": torch_sgd(0.01, weight_decay=5e-4),
-    "adagrad": {"name": "adagrad", "learning_rate": 0.01, "weight_decay": 5e-4, "style": "torch"},
-    "rmsprop": {"name": "rmsprop", "learning_rate": 0.01, "weight_decay": 5e-4, "style": "torch"},
-    "adam": {"name": "adam", "learning_rate": 0.001, "weight_decay": 5e-4, "style": "torch"},
+    "adagrad": Adagrad(learning_rate=0.01, weight_decay=5e-4),
+    "rmsprop": RMSprop(learning_rate=0.01, weight_decay=5e-4),
+    "adam": Adam(learning_rate=0.001, weight_decay=5e-4),
 }
 # row: (optimizer, reported accuracy, footnote)
 RESNET5M_ROWS = {
@@ -221,7 +218,7 @@ for _row, (_optimizer, _accuracy, _footnote) in RESNET5M_ROWS.items():
         _notes = "No script exists for this row: row 6's recipe, SGD included (an assumption)."
     else:
         _notes = (f"No script exists for this row: row 6's recipe with {_optimizer} at "
-                  f"PyTorch's default learning rate {ROW_OPTIMIZERS[_optimizer]['learning_rate']}"
+                  f"PyTorch's default learning rate {ROW_OPTIMIZERS[_optimizer].learning_rate}"
                   " (an assumption).")
     _short = _row in RESNET5M_SHORT_ROWS
     experiment(name=f"resnet5m_row{_row}", model_args={"row": _row},
@@ -233,9 +230,9 @@ for _row, (_optimizer, _accuracy, _footnote) in RESNET5M_ROWS.items():
 # ---------------------------------------------------------------- paper 002 (ModifiedResNet)
 experiment(name="modified_resnet", paper="002", model="modified_resnet", epochs=50,
            batch_size=128,
-           optimizer={"name": "adam", "learning_rate": 0.001, "weight_decay": 1e-4, "style": "torch"},
-           schedule={"kind": "plateau", "monitor": "val_loss", "factor": 0.1, "patience": 5},
-           normalization={"kind": "channel", "stats": "half"},
+           optimizer=Adam(learning_rate=0.001, weight_decay=1e-4),
+           schedule=Plateau(monitor="val_loss", factor=0.1, patience=5),
+           normalization=Channel(stats="half"),
            augment=CROP_FLIP + [
                {"op": "color_jitter", "brightness": 0.3, "contrast": 0.3, "saturation": 0.3,
                 "hue": 0.1},
@@ -254,13 +251,11 @@ experiment(name="modified_resnet", paper="002", model="modified_resnet", epochs=
 SE_MIXUP_EPOCHS, SE_CLEAN_EPOCHS = 400, 16
 experiment(name="se_resnet_mixup", paper="003", model="se_resnet",
            epochs=SE_MIXUP_EPOCHS + SE_CLEAN_EPOCHS, batch_size=128,
-           optimizer={**torch_sgd(0.1, weight_decay=5e-4), "clipvalue": 0.1},
-           schedule={"kind": "cosine", "t_max": SE_MIXUP_EPOCHS},
-           normalization={"kind": "channel", "stats": "kuangliu"},
+           optimizer=torch_sgd(0.1, weight_decay=5e-4, clipvalue=0.1),
+           schedule=Cosine(t_max=SE_MIXUP_EPOCHS), normalization=Channel(stats="kuangliu"),
            augment=[{"op": "float"}, {"op": "crop", "padding": 4}, {"op": "hflip", "p": 0.2},
                     {"op": "grayscale", "p": 0.2}, {"op": "autocontrast", "p": 0.2}],
-           mixup={"kind": "mixup", "alpha": 1.0, "p": 0.9, "gate": "epoch",
-                  "stop_epoch": SE_MIXUP_EPOCHS},
+           mixup=Mixer(kind="mixup", alpha=1.0, p=0.9, gate="epoch", stop_epoch=SE_MIXUP_EPOCHS),
            eval_batch_size=500,
            paper_accuracy=97.0,
            paper_source="[P] Results: 97.0% after the no-mixup phase (= [L] peak at epoch 415); "
@@ -279,11 +274,10 @@ experiment(name="se_resnet_mixup", paper="003", model="se_resnet",
 # ---------------------------------------------------------------- He et al. (2015)
 HE_ITERATIONS = 64000
 HE_ACCURACY = {20: 91.25, 32: 92.49, 44: 92.83, 56: 93.03, 110: 93.57}
-HE_SCHEDULE = {"kind": "step_iterations", "boundaries": [32000, 48000]}
+HE_SCHEDULE = StepIterations(boundaries=[32000, 48000])
 # ResNet-110: "0.01 to warm up the training until the training error is below 80%
 # (about 400 iterations), and then go back to 0.1" [P]; here a fixed 400 updates.
-HE_WARMUP = {"kind": "step_iterations", "boundaries": [400, 32000, 48000],
-             "values": [0.01, 0.1, 0.01, 0.001]}
+HE_WARMUP = StepIterations(boundaries=[400, 32000, 48000], values=[0.01, 0.1, 0.01, 0.001])
 for _depth, _accuracy in HE_ACCURACY.items():
     _best_of_five = _depth == 110
     experiment(
@@ -291,7 +285,7 @@ for _depth, _accuracy in HE_ACCURACY.items():
         epochs=math.ceil(HE_ITERATIONS / math.ceil(50000 / 128)), batch_size=128,
         optimizer=torch_sgd(0.1, weight_decay=1e-4),
         schedule=HE_WARMUP if _best_of_five else HE_SCHEDULE,
-        normalization={"kind": "per_pixel_mean", "stage": "before"}, augment=CROP_FLIP,
+        normalization=PerPixelMean(stage="before"), augment=CROP_FLIP,
         paper_accuracy=_accuracy,
         paper_source="[P] He et al. 2015, Table 6" + (
             ": the best of 5 runs (mean 93.39 ± 0.16)" if _best_of_five else ""),

@@ -12,7 +12,6 @@ record is named and skipped.
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ if ROOT not in sys.path:
 
 from experiments.recipes import EXPERIMENTS, GROUPS  # noqa: E402
 from training import record  # noqa: E402
-from training.recipe import Recipe  # noqa: E402
+from training.recipe import normalised_recipe  # noqa: E402
 
 PAPERS = {
     "000": "Paper 000: MobileNetV2 with expansion 7",
@@ -50,12 +49,9 @@ SINGLE_SEED_SPREAD = 1.0  # points: the seed spread assumed where one seed ran
 
 
 def _training_fields(recipe_dict):
-    """The recipe fields that change what trains (not its description); a field added
-    to Recipe since a record was written reads as its default."""
-    defaults = {field.name: field.default for field in dataclasses.fields(Recipe)
-                if field.default is not dataclasses.MISSING}
-    filled = {**defaults, **recipe_dict}
-    return {k: v for k, v in filled.items() if k not in DESCRIPTIVE_FIELDS}
+    """The recipe fields that change what trains (not its description), as today's
+    Recipe writes them (a field added since a record was written at its default)."""
+    return {k: v for k, v in normalised_recipe(recipe_dict).items() if k not in DESCRIPTIVE_FIELDS}
 
 
 @dataclasses.dataclass
@@ -76,7 +72,7 @@ class Run:
         epochs_run = self.metrics.get("epochs_run")
         full_epochs = self.metrics.get("full_recipe_epochs") or self.metrics.get("recipe_epochs")
         ran = _training_fields(self.config.get("recipe", {}))
-        if recipe is not None and ran != _training_fields(json.loads(json.dumps(recipe.to_dict()))):
+        if recipe is not None and ran != _training_fields(recipe.to_dict()):
             if ran.get("epochs") != recipe.epochs:
                 return f"short: {epochs_run} of {recipe.epochs} epochs"
             return "modified recipe"

@@ -181,7 +181,7 @@ def schedule_figures(out, experiments):
             rates = recipe_rates(recipe)
             if rates is None:
                 continue
-            key = (json.dumps(recipe.schedule, sort_keys=True), recipe.optimizer["learning_rate"],
+            key = (json.dumps(recipe.schedule.to_dict(), sort_keys=True), recipe.optimizer["learning_rate"],
                    recipe.batch_size, recipe.val_split)
             names, longest = distinct.get(key, ([], None))
             if longest is None or len(rates) > len(longest):

@@ -19,7 +19,10 @@ from data.augment import Augmenter
 from data.mixing import Mixer
 from data.noise import CIFAR10_ASYMMETRIC, corrupt_labels, validate_noise
 from data.normalize import Normalizer
+from data.normalize import PerImage
 from experiments.recipes import EXPERIMENTS, GROUPS
+from training.optimizer_specs import SGD
+from training.schedules import Cosine, Step
 from training import schedules
 from training.optimizers import build_optimizer, optimizer_learning_rate
 from training.recipe import RecipeError, apply_override, apply_overrides, validate
@@ -143,8 +146,7 @@ def test_resnet5m_rows_take_their_optimizers():
     assert names == {1: "sgd", 2: "adagrad", 3: "rmsprop", 4: "adam", 5: "adam", 6: "sgd",
                      7: "sgd", 8: "sgd", 9: "sgd", 10: "sgd", 11: "adam", 12: "sgd"}
     row6 = EXPERIMENTS["resnet5m_row6"]
-    assert row6.optimizer == {"name": "sgd", "learning_rate": 0.01, "momentum": 0.9,
-                              "weight_decay": 5e-4, "style": "torch"}
+    assert row6.optimizer == SGD(learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
     assert {"op": "autoaugment"} in row6.augment and row6.paper_accuracy == 95.55
     assert "assumption" in EXPERIMENTS["resnet5m_row2"].notes
 
@@ -198,16 +200,16 @@ def test_bad_noise_settings_are_refused(edit, message):
 
 def test_a_new_schedule_kind_keeps_only_the_fields_it_takes():
     recipe = apply_overrides(EXPERIMENTS["mobilenetv2"], ["schedule.kind=cosine", "schedule.t_max=50"])
-    assert recipe.schedule == {"kind": "cosine", "t_max": 50}  # exponential's gamma is dropped
+    assert recipe.schedule == Cosine(t_max=50)  # exponential's gamma is dropped
     recipe = apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.t_max=30", "schedule.kind=cosine"])
-    assert recipe.schedule == {"kind": "cosine", "t_max": 30}
+    assert recipe.schedule == Cosine(t_max=30)
     with pytest.raises(RecipeError, match=r"schedule 'exponential' needs \['gamma'\]"):
         apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=exponential"])
     # He et al.'s boundaries count optimizer steps: they are not carried into epochs.
     with pytest.raises(RecipeError, match=r"schedule 'step' needs \['boundaries'\]"):
         apply_overrides(EXPERIMENTS["resnet20"], ["schedule.kind=step"])
     recipe = apply_overrides(EXPERIMENTS["resnet20"], ["schedule.kind=step", "schedule.boundaries=[100,150]"])
-    assert recipe.schedule == {"kind": "step", "boundaries": [100, 150]}
+    assert recipe.schedule == Step(boundaries=[100, 150])
     with pytest.raises(RecipeError, match="schedule.t_max must be a number of epochs > 0; got 'abc'"):
         apply_overrides(EXPERIMENTS["resnet_deep"], ["schedule.kind=cosine", "schedule.t_max=abc"])
 
@@ -224,7 +226,7 @@ def test_fields_the_data_reads_are_checked_before_it_loads(edit, message):
 
 def test_normalization_fields_are_checked_as_the_run_reads_them():
     recipe = apply_overrides(EXPERIMENTS["mobilenetv2"], ["normalization.kind=per_image"])
-    assert recipe.normalization == {"kind": "per_image"}  # channel's stats are dropped
+    assert recipe.normalization == PerImage()  # channel's stats are dropped
     for edit, message in [("normalization.stage=middle", "stage must be 'before' or 'after'"),
                           ('normalization.stats="kuangliu"', "stats are read only by kind 'channel'"),
                           ("normalization.scale_bug=true", "true only with kind 'per_pixel'")]:
@@ -240,7 +242,7 @@ def test_a_new_optimizer_keeps_only_the_momentum_fields_it_reads():
         apply_override(EXPERIMENTS["mobilenetv2_adam"], "optimizer.momentum=0.9")
     with pytest.raises(RecipeError, match="optimizer.nesterov=true is not read by rmsprop"):
         apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=rmsprop", "optimizer.nesterov=true"])
-    with pytest.raises(RecipeError, match="nesterov must be true or false; got 1"):
+    with pytest.raises(RecipeError, match="optimizer.nesterov: expected true or false like false, got '1'"):
         apply_override(EXPERIMENTS["resnet20"], "optimizer.nesterov=1")
 
 

@@ -414,3 +414,27 @@ def test_collect_copies_finished_records_without_weights(tmp_path):
     assert sorted(os.listdir(os.path.join(target, "cnn_baseline", "seed0"))) == [
         "accuracy.json", "accuracy.png", "config.json", "history.csv", "loss.json", "loss.png",
         "lr.json", "lr.png", "metrics.json", "status.json"]
+
+
+def test_a_record_written_before_the_typed_specs_still_resumes_and_reports(tmp_path):
+    """tests/data/config_before_typed_specs.json is a real run's config.json, written
+    (commit 15bb4df) when recipe sections were plain dicts without their defaults:
+    today's recipe check accepts it for a resume, and the report calls it full."""
+    from experiments import report
+    from training import engine
+
+    saved = record.read_json(os.path.join(ROOT, "tests", "data", "config_before_typed_specs.json"))
+    recipe = EXPERIMENTS[saved["experiment"]]
+    assert saved["recipe"]["optimizer"] == {"learning_rate": 0.001, "name": "adam", "style": "keras"}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record.write_json(str(run_dir / "config.json"), saved)
+    config = {**saved, "recipe": recipe.to_dict()}
+    engine._check_existing(str(run_dir), config)  # raises RunError on a changed recipe
+    changed = {**config, "recipe": {**recipe.to_dict(), "epochs": 11}}
+    with pytest.raises(engine.RunError, match="different recipe"):
+        engine._check_existing(str(run_dir), changed)
+    folder = write_record(str(tmp_path / "runs"), saved["experiment"], "seed0", 0.5, 0.49)
+    record.write_json(os.path.join(folder, "config.json"), saved)
+    loaded, problems = report.load_runs(str(tmp_path / "runs"))
+    assert not problems and loaded[0].kind == "full"

@@ -31,10 +31,8 @@ import numpy as np
 
 from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, EpochSync,
                        InterruptGuard, Memorisation, RunProgress)
-from callbacks.schedules import schedule_callbacks
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
-from data.mixing import Mixer
 from data.noise import corrupt_labels
 from data.normalize import Normalizer
 from data.pipeline import MAX_AUTO_INPUT_THREADS as MAX_INPUT_THREADS
@@ -45,8 +43,11 @@ from training import allocator, record, transfer
 from training.machine import cpu_flags, device_description, precision_warning, versions
 from training.distribute import DistributeError, placement as make_placement
 from training.losses import loss_and_metrics
-from training.optimizers import build_optimizer, optimizer_learning_rate
-from training.recipe import Recipe, RecipeError, validate
+from training import spec
+from training.optimizer_specs import Optimizer
+from training.optimizers import optimizer_learning_rate
+from training.schedules import Constant, Schedule
+from training.recipe import RecipeError, normalised_recipe, validate
 
 QUICK_TRAIN_IMAGES = 256
 QUICK_VAL_IMAGES = 128
@@ -175,7 +176,7 @@ def training_batches(recipe, options, normalizer, train, val, num_classes):
     train_batches = CifarBatches(
         normalizer(x_train) if before else x_train, y_train, num_classes, recipe.batch_size,
         augment=Augmenter(recipe.augment), normalize=None if before else normalizer,
-        mix=Mixer(**recipe.mixup) if recipe.mixup else None, shuffle=True, seed=options.seed,
+        mix=recipe.mixup, shuffle=True, seed=options.seed,
         threads=input_threads(options.input_threads), label_column=bool(recipe.mixup),
     )
     return train_batches, _evaluation_batches(recipe, normalizer, *val, num_classes)
@@ -202,8 +203,8 @@ class Stage:
     name: str
     first_epoch: int
     end_epoch: int
-    optimizer: dict
-    schedule: dict
+    optimizer: Optimizer
+    schedule: Schedule
     backup: str  # BackupAndRestore's folder, in the run folder
 
 
@@ -211,26 +212,24 @@ def _stages(recipe):
     if not recipe.transfer:
         return [Stage("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, "backup")]
     head_epochs = recipe.transfer.get("head_epochs", 0)
-    head_optimizer = {**recipe.optimizer, "learning_rate": recipe.transfer.get(
-        "head_learning_rate", recipe.optimizer["learning_rate"])}
-    stages = [Stage("head", 0, head_epochs, head_optimizer, {"kind": "constant"}, "backup-head"),
+    head_optimizer = recipe.optimizer.replace(learning_rate=recipe.transfer.get(
+        "head_learning_rate", recipe.optimizer.learning_rate))
+    stages = [Stage("head", 0, head_epochs, head_optimizer, Constant(), "backup-head"),
               Stage("finetune", head_epochs, recipe.epochs, recipe.optimizer, recipe.schedule,
                     "backup")]
     return [stage for stage in stages if stage.end_epoch > stage.first_epoch]
 
 
-def compile_model(model, recipe, optimizer_spec, schedule, jit_compile="auto"):
-    optimizer_spec = dict(optimizer_spec)
-    base_lr = optimizer_spec.pop("learning_rate")
+def compile_model(model, recipe, optimizer, schedule, jit_compile="auto"):
+    """Compiles `model` with the optimizer (a spec or its dict form) at the rate the
+    schedule gives it; returns the base learning rate."""
+    optimizer, schedule = spec.parse("optimizer", optimizer), spec.parse("schedule", schedule)
     loss, metrics = loss_and_metrics(recipe)
     model.compile(
-        optimizer=build_optimizer(
-            optimizer_spec.pop("name"),
-            learning_rate=optimizer_learning_rate(schedule, base_lr),
-            **optimizer_spec),
+        optimizer=optimizer.build(optimizer_learning_rate(schedule, optimizer.learning_rate)),
         loss=loss, metrics=metrics, jit_compile=jit_compile,
     )
-    return base_lr
+    return optimizer.learning_rate
 
 
 def _missing_folders(run_dir):
@@ -272,12 +271,9 @@ def _check_existing(run_dir, config):
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"{path} is unreadable ({error}); remove {run_dir} to start fresh.") from None
     saved.setdefault("precision", "fp32")  # records from before --precision existed
-    # A field added to Recipe since the record was written reads as its default there.
-    defaults = {field.name: field.default for field in dataclasses.fields(Recipe)
-                if field.default is not dataclasses.MISSING}
-    saved["recipe"] = {**{key: defaults[key] for key in config["recipe"]
-                          if key in defaults and key not in saved.get("recipe", {})},
-                       **saved.get("recipe", {})}
+    # A field added since the record was written reads as its default there, and a
+    # section as its typed spec reads it (defaults filled in).
+    saved["recipe"] = normalised_recipe(saved.get("recipe", {}))
     keys = ("recipe", "seed", "quick", "backend", "deterministic", "precision")
     changed = [key for key in keys if saved.get(key) != config[key]]
     if changed:
@@ -455,7 +451,7 @@ def _prepare(recipe, options, placement, run_dir, config):
         source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
                                                  options.seed, options.quick)
         config["transfer_source"] = os.path.abspath(source_path)
-    normalizer = Normalizer(**recipe.normalization).fit(train_split[0])
+    normalizer = recipe.normalization.build().fit(train_split[0])
     train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
                                                   val_split, data.num_classes)
     if recipe.noise:
@@ -494,8 +490,7 @@ def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history
     backup_dir = os.path.join(run_dir, stage.backup)
     best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
     callback_list = [guard, EpochSync(prepared.train_batches)]
-    callback_list += schedule_callbacks(stage.schedule, base_lr, recipe.epochs,
-                                        state_dir=backup_dir)
+    callback_list += stage.schedule.callbacks(base_lr, recipe.epochs, state_dir=backup_dir)
     callback_list += [
         EpochLog(),
         RunProgress(recipe.name, recipe.epochs, [row.get("seconds") for row in history]),

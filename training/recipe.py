@@ -14,16 +14,10 @@ from data.augment import Augmenter
 from data.cifar import DATASETS, VAL_SELECTIONS
 from data.mixing import Mixer
 from data.noise import validate_noise
-from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalizer
-from training import schedules
-
-# The optimizers and what they read (training.optimizers builds them; kept here so
-# that recipes load without Keras).
-OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
-STYLES = ("torch", "keras")
-# The momentum fields each optimizer reads (RMSprop's is its own; Adam and Adagrad have none).
-MOMENTUM_FIELDS = {"sgd": ("momentum", "nesterov"), "adam": (), "adagrad": (),
-                   "rmsprop": ("momentum",)}
+from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalization, Normalizer
+from training import schedules, spec
+from training.optimizer_specs import MOMENTUM_FIELDS, OPTIMIZERS, STYLES, Optimizer
+from training.schedules import Schedule
 
 
 class RecipeError(ValueError):
@@ -37,9 +31,9 @@ class Recipe:
     model: str  # a name in models.MODELS
     epochs: int  # full passes over the training set
     batch_size: int  # training images per optimizer step
-    optimizer: dict  # name, learning_rate, momentum, nesterov, weight_decay (coupled), style, clipvalue
-    schedule: dict  # see training.schedules
-    normalization: dict  # kind, stats, stage, scale_bug: see data.normalize
+    optimizer: Optimizer  # training.optimizer_specs: SGD(learning_rate=0.1, momentum=0.9), ...
+    schedule: Schedule  # training.schedules: Cosine(t_max=200), KthStep(), ...
+    normalization: Normalization  # data.normalize: Channel(stats="kuangliu"), PerImage(), ...
     augment: list = dataclasses.field(default_factory=list)  # ops of data.augment
     model_args: dict = dataclasses.field(default_factory=dict)
     dataset: str = "cifar10"  # cifar10 | cifar100
@@ -59,15 +53,37 @@ class Recipe:
     fast_path: bool = True
     monitor: str = "val_accuracy"  # what best.keras keeps the best of
     early_stopping: dict = None  # {"monitor", "patience", "min_delta"}; None: off
-    mixup: dict = None  # data.mixing.Mixer fields: kind, alpha, p, gate, stop_epoch; None: off
+    mixup: Mixer = None  # data.mixing.Mixer(kind, alpha, p, gate, stop_epoch); None: off
     noise: dict = None  # training-label noise: kind, rate (0-1), seed; see data.noise
     transfer: dict = None  # start from a finished run: source, run, head_epochs, head_learning_rate
     paper_accuracy: float = None  # percent, as reported
     paper_source: str = ""  # where paper_accuracy comes from
     notes: str = ""  # choices made where the paper is ambiguous
 
+    def __post_init__(self):
+        """The typed sections from their dict form (as config.json and --set hold
+        them), checked with each family's own messages."""
+        try:
+            if isinstance(self.optimizer, dict):
+                self.optimizer = spec.parse("optimizer", _optimizer_fields(self.optimizer))
+            if isinstance(self.schedule, dict):
+                epochs = self.epochs if isinstance(self.epochs, int) and self.epochs >= 1 else 1
+                self.schedule = schedules.schedule(self.schedule, epochs)
+            if isinstance(self.normalization, dict):
+                Normalizer(**self.normalization)  # the kind's own message for a field it does not read
+                self.normalization = spec.parse("normalization", self.normalization)
+        except (ValueError, TypeError, KeyError) as error:
+            raise RecipeError(str(error).strip("'\"")) from None
+        if isinstance(self.mixup, dict):
+            try:
+                self.mixup = Mixer(**self.mixup)
+            except (ValueError, TypeError) as error:
+                raise RecipeError(f"mixup: {error}") from None
+
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """Plain data (config.json): each section as its dict form."""
+        return {field.name: copy.deepcopy(spec.to_data(getattr(self, field.name)))
+                for field in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, value):
@@ -78,14 +94,49 @@ class Recipe:
         return cls(**copy.deepcopy(value))
 
 
-# Keys --set may add to a nested dict even when the recipe does not list them yet.
+def normalised_recipe(value):
+    """A recorded recipe's dict as today's Recipe writes it (missing fields and a
+    section's defaults filled in); the dict itself where it no longer parses."""
+    try:
+        return Recipe.from_dict(value).to_dict()
+    except (RecipeError, TypeError):
+        return value
+
+
+def _optimizer_fields(value):
+    """An optimizer's dict form checked as recipes always were: a known name and
+    style, and no momentum the optimizer would ignore (a zero or false one is
+    dropped)."""
+    name = value.get("name")
+    if name not in OPTIMIZERS:
+        raise RecipeError(f"optimizer.name must be one of {OPTIMIZERS}; got {name!r}.")
+    if value.get("style", "torch") not in STYLES:
+        raise RecipeError(f"optimizer.style must be one of {STYLES}; got {value.get('style')!r}.")
+    fields = dict(value)
+    for key, off in (("momentum", "0"), ("nesterov", "false")):
+        if key in fields and key not in MOMENTUM_FIELDS[name]:
+            if fields[key]:
+                readers = [n for n, read in MOMENTUM_FIELDS.items() if key in read]
+                raise RecipeError(
+                    f"optimizer.{key}={json.dumps(fields[key])} is not read by {name}; set it to "
+                    f"{off} or use an optimizer that reads it ({', '.join(readers)}).")
+            del fields[key]
+    return fields
+
+
+def _family_keys(family):
+    """Every field some kind of the family declares, and its discriminator."""
+    kinds = spec.classes(family).values()
+    return {next(iter(kinds)).key} | {name for cls in kinds for name in cls.field_names()}
+
+
+# Keys --set may add to a section even when the recipe does not set them yet.
 OPTIONAL_KEYS = {
-    "optimizer": {"name", "learning_rate", "momentum", "nesterov", "weight_decay", "style",
-                  "clipvalue"},
-    "schedule": {"kind", *schedules.RULES},
-    "normalization": {"kind", "stats", "stage", "scale_bug"},
+    "optimizer": _family_keys("optimizer"),
+    "schedule": _family_keys("schedule"),
+    "normalization": _family_keys("normalization"),
     "early_stopping": {"monitor", "patience", "min_delta", "mode"},
-    "mixup": {"kind", "alpha", "p", "gate", "stop_epoch"},
+    "mixup": set(Mixer.field_names()),
     "noise": {"kind", "rate", "seed"},
     "transfer": {"source", "run", "head_epochs", "head_learning_rate"},
 }
@@ -93,15 +144,21 @@ OPTIONAL_KEYS = {
 
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
-# A --set that switches a kind drops the old kind's own fields, which the new kind
-# would refuse as unread: (the fields that may go, (old, new) -> the fields kept).
-SWITCHES = {
-    ("schedule", "kind"): (set(schedules.RULES), schedules.carried_fields),
-    ("optimizer", "name"): ({"momentum", "nesterov"},
-                            lambda old, new: MOMENTUM_FIELDS.get(new, ())),
-    ("normalization", "kind"): ({"stats", "scale_bug"}, lambda old, new: {
-        "channel": ("stats",), "per_pixel": ("scale_bug",)}.get(new, ())),
-}
+# The sections whose discriminator a --set may switch: the new kind keeps the fields
+# its class declares (a schedule: those carried_from allows), the others go.
+SWITCHED = {("schedule", "kind"): "schedule", ("optimizer", "name"): "optimizer",
+            ("normalization", "kind"): "normalization"}
+
+
+def _switched(family, old, new, fields):
+    cls = spec.classes(family).get(new)
+    if cls is None:
+        return fields  # the recipe check names the unknown kind
+    declared = set(cls.field_names())
+    if family == "schedule":
+        declared &= cls.carried_from(old)
+    return {key: value for key, value in fields.items()
+            if key == cls.key or key in declared}
 
 
 def _parse_value(key, text):
@@ -138,20 +195,23 @@ def apply_override(recipe, assignment):
 def apply_overrides(recipe, assignments):
     """Applies `key=value` edits in order, then checks the recipe they make, so that
     edits that only make sense together (a new schedule kind and its fields) can be
-    given one after the other. Each edit's type is checked as it is applied."""
+    given one after the other (the edits change the plain-data form, which becomes a
+    typed recipe once they are all in). Each edit's type is checked as it is applied."""
+    data = recipe.to_dict()
     for assignment in assignments:
-        recipe = _apply(recipe, assignment)
+        data = _apply(data, assignment)
+    recipe = Recipe.from_dict(data)
     validate(recipe)
     return recipe
 
 
-def _apply(recipe, assignment):
+def _apply(data, assignment):
+    """One `key=value` edit of a recipe's plain data (Recipe.to_dict()); returns it."""
     if "=" not in assignment:
         raise RecipeError(f"--set expects key=value; got {assignment!r}.")
     key, text = assignment.split("=", 1)
     path = key.strip().split(".")
     value = _parse_value(key.strip(), text.strip())
-    data = recipe.to_dict()
     top_fields = list(data)
     if path[0] not in data:
         close = difflib.get_close_matches(path[0], top_fields, n=3)
@@ -197,13 +257,13 @@ def _apply(recipe, assignment):
             if not value.is_integer():
                 raise RecipeError(f"--set {key}: expected a whole number, got {text!r}.")
             value = int(value)
-    switch = SWITCHES.get(tuple(path))
-    if switch and value != old:
-        droppable, kept = switch
-        for field in (set(target) & droppable) - set(kept(old, value)):
-            del target[field]
+    family = SWITCHED.get(tuple(path))
+    if family and value != old:
+        kept = _switched(family, old, value, target)
+        target.clear()
+        target.update(kept)
     target[leaf] = value
-    return Recipe.from_dict(data)
+    return data
 
 
 def validate(recipe):

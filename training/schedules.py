@@ -28,9 +28,13 @@ refuses a field its kind does not read, and a value outside RULES):
   step_iterations  boundaries: optimizer steps; factor or values
 """
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import numpy as np
+
+from training.spec import Spec, parse
 
 KINDS = ("constant", "step", "kth_step", "exponential", "cosine", "onecycle", "plateau",
          "step_iterations")
@@ -193,3 +197,110 @@ def validate(spec, epochs):
         step_values(spec, 1.0)
     if kind == "kth_step":
         step_values({**spec, "boundaries": kth_step_boundaries(epochs)}, 1.0)
+
+
+# ---------------------------------------------------------------- typed specs
+# One frozen dataclass per kind (registry: training.spec.classes("schedule")); the
+# functions above are their arithmetic, on the dict form that config.json holds.
+class Schedule(Spec):
+    family = "schedule"
+
+    def check(self, epochs):
+        """Raises ValueError naming the first field that cannot run `epochs` epochs."""
+        validate(self.to_dict(), epochs)
+
+    def lr_at(self, epoch, base_lr, epochs):
+        """The rate at the start of 0-based `epoch` (epoch-based kinds)."""
+        return lr_at(epoch, self.to_dict(), base_lr, epochs)
+
+    def callbacks(self, base_lr, epochs, state_dir=None):
+        """The Keras callbacks that apply it (callbacks/schedules.py)."""
+        from callbacks.schedules import schedule_callbacks
+
+        return schedule_callbacks(self.to_dict(), base_lr, epochs, state_dir)
+
+    @classmethod
+    def carried_from(cls, old_kind):
+        """The fields a switch from `old_kind` to this kind keeps (see carried_fields)."""
+        return carried_fields(old_kind, cls.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant(Schedule):
+    kind: ClassVar[str] = "constant"
+
+
+@dataclasses.dataclass(frozen=True)
+class Step(Schedule):
+    """The next value at each boundary epoch: lr * factor**i, or `values`."""
+    kind: ClassVar[str] = "step"
+    boundaries: list
+    factor: float = 0.1
+    values: list = None
+
+
+@dataclasses.dataclass(frozen=True)
+class KthStep(Schedule):
+    """Paper 004's LearningController: lr/10 once epoch-1 > N/2, lr/100 once > 3N/4."""
+    kind: ClassVar[str] = "kth_step"
+    factor: float = 0.1
+    values: list = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Exponential(Schedule):
+    kind: ClassVar[str] = "exponential"
+    gamma: float  # per epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Cosine(Schedule):
+    """torch's CosineAnnealingLR stepped per epoch; periodic past t_max unless not."""
+    kind: ClassVar[str] = "cosine"
+    t_max: float  # epochs
+    eta_min: float = 0.0
+    periodic: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OneCycle(Schedule):
+    """torch's OneCycleLR stepped per epoch, momentum cycled too."""
+    kind: ClassVar[str] = "onecycle"
+    max_lr: float
+    total: int = None  # epochs; None: the run's
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Plateau(Schedule):
+    """torch's ReduceLROnPlateau on `monitor`, stepped per epoch."""
+    kind: ClassVar[str] = "plateau"
+    monitor: str = "val_loss"
+    factor: float = 0.1
+    patience: int = 10  # epochs
+    threshold: float = 1e-4  # relative
+    cooldown: int = 0  # epochs
+    min_lr: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepIterations(Schedule):
+    """The next value after each boundary's optimizer steps (He et al.'s 32k/48k)."""
+    kind: ClassVar[str] = "step_iterations"
+    boundaries: list
+    factor: float = 0.1
+    values: list = None
+
+
+def schedule(value, epochs=None):
+    """`value` (a spec or its dict form) as a Schedule, checked for `epochs` epochs."""
+    if isinstance(value, dict):
+        validate(value, epochs if epochs is not None else 1)
+    parsed = parse("schedule", value)
+    if epochs is not None:
+        parsed.check(epochs)
+    return parsed
