@@ -76,7 +76,7 @@ for _norm, _accuracy in NORM_STUDY_ACCURACY.items():
         normalization=PerPixel(scale_bug=True),
         augment=SHIFT_FLIP + [{"op": "vflip", "p": 0.5}],
         val_split=5000, val_selection="numpy_seed0_choice", train_images=10000,
-        paper_accuracy=_accuracy,
+        paper_accuracy=_accuracy, paper_measure="max_val",
         paper_source="[L] max val_accuracy of plot set A (Plots_jan file names)",
         notes="5,000 held-out images validate, chosen as the study's code chose them "
               "(np.random.seed(0); np.random.choice(50000, 5000, replace=False)); the "

@@ -47,7 +47,7 @@ from training import spec
 from training.optimizer_specs import Optimizer
 from training.optimizers import optimizer_learning_rate
 from training.schedules import Constant, Schedule
-from training.recipe import RecipeError, normalised_recipe, validate
+from training.recipe import RecipeError, normalised_recipe, training_fields, validate
 
 QUICK_TRAIN_IMAGES = 256
 QUICK_VAL_IMAGES = 128
@@ -273,13 +273,15 @@ def _check_existing(run_dir, config):
     saved.setdefault("precision", "fp32")  # records from before --precision existed
     # A field added since the record was written reads as its default there, and a
     # section as its typed spec reads it (defaults filled in).
-    saved["recipe"] = normalised_recipe(saved.get("recipe", {}))
+    # Fields that describe the run (its notes, the paper's number) may change under it.
+    saved["recipe"] = training_fields(normalised_recipe(saved.get("recipe", {})))
+    current = {**config, "recipe": training_fields(config["recipe"])}
     keys = ("recipe", "seed", "quick", "backend", "deterministic", "precision")
-    changed = [key for key in keys if saved.get(key) != config[key]]
+    changed = [key for key in keys if saved.get(key) != current[key]]
     if changed:
         detail = []
         if "recipe" in changed:
-            old, new = saved.get("recipe", {}), config["recipe"]
+            old, new = saved.get("recipe", {}), current["recipe"]
             detail = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
         raise RunError(
             f"{run_dir} holds a run with a different {', '.join(changed)}"

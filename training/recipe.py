@@ -57,6 +57,9 @@ class Recipe:
     noise: dict = None  # training-label noise: kind, rate (0-1), seed; see data.noise
     transfer: dict = None  # start from a finished run: source, run, head_epochs, head_learning_rate
     paper_accuracy: float = None  # percent, as reported
+    # What paper_accuracy measures: "best_test" (the test accuracy of the best epoch; the
+    # papers validated on the test set) or "max_val" (the highest validation accuracy)
+    paper_measure: str = "best_test"
     paper_source: str = ""  # where paper_accuracy comes from
     notes: str = ""  # choices made where the paper is ambiguous
 
@@ -92,6 +95,17 @@ class Recipe:
         if unknown:
             raise RecipeError(f"Unknown recipe field(s) {unknown}; expected {sorted(names)}.")
         return cls(**copy.deepcopy(value))
+
+
+# Recipe fields that describe a run or choose how it computes, not what it trains:
+# they may change under a run (a resume accepts it; the report still calls it full).
+DESCRIPTIVE_FIELDS = ("notes", "paper_source", "paper_accuracy", "paper_measure", "eval_batch_size",
+                      "fast_path")
+
+
+def training_fields(recipe_dict):
+    """A recipe dict without its DESCRIPTIVE_FIELDS."""
+    return {k: v for k, v in recipe_dict.items() if k not in DESCRIPTIVE_FIELDS}
 
 
 def normalised_recipe(value):
@@ -288,6 +302,8 @@ def validate(recipe):
          f"batch_size must be a whole number >= 1; got {recipe.batch_size!r}.")
     need(isinstance(recipe.val_split, int) and recipe.val_split >= 0,
          f"val_split must be a whole number >= 0; got {recipe.val_split!r}.")
+    need(recipe.paper_measure in ("best_test", "max_val"),
+         f"paper_measure must be best_test or max_val; got {recipe.paper_measure!r}.")
     need(isinstance(recipe.fast_path, bool),
          f"fast_path must be true or false; got {recipe.fast_path!r}.")
     need(recipe.val_selection in VAL_SELECTIONS,
