@@ -17,7 +17,7 @@ import torch
 from torch import nn, optim
 from torch.nn import functional as F
 
-from common import Paper, main
+from common import BasicBlock, Paper, main
 
 
 class OptionA(nn.Module):
@@ -29,18 +29,13 @@ class OptionA(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
-class Block(nn.Module):
-    def __init__(self, in_planes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = OptionA(planes // 4) if stride != 1 or in_planes != planes else nn.Sequential()
+class Block(BasicBlock):
+    """The post-activation block with an option-A shortcut where the shape changes."""
 
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__(in_planes, planes, stride)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = OptionA(planes // 4)
 
 
 class ResNet20(nn.Module):

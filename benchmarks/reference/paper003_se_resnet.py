@@ -19,27 +19,7 @@ import torch
 from torch import nn, optim
 from torch.nn import functional as F
 
-from common import KUANGLIU, Paper, main, stage
-
-
-class Block(nn.Module):
-    """conv3x3(stride)-BN-ReLU-conv3x3-BN, + shortcut (1x1 conv + BN where the shape
-    changes), ReLU; the code's optional dropout is off in the final model."""
-
-    def __init__(self, in_planes, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if in_planes != planes or stride != 1:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(self.shortcut(x) + out)
+from common import KUANGLIU, BasicBlock, Paper, main, stage
 
 
 class SqueezeExcite(nn.Module):
@@ -58,8 +38,11 @@ class SEResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
                                   nn.ReLU(), SqueezeExcite(64))
-        self.stages = nn.Sequential(stage(Block, 64, 64, 4, 1), stage(Block, 64, 128, 3, 2),
-                                    stage(Block, 128, 128, 2, 1), stage(Block, 128, 256, 3, 2))
+        # The code's block is the post-activation one (its optional dropout is off in
+        # the final model).
+        self.stages = nn.Sequential(
+            stage(BasicBlock, 64, 64, 4, 1), stage(BasicBlock, 64, 128, 3, 2),
+            stage(BasicBlock, 128, 128, 2, 1), stage(BasicBlock, 128, 256, 3, 2))
         self.linear = nn.Linear(256, num_classes)
 
     def forward(self, x):
