@@ -1,26 +1,13 @@
-"""Conv2D, DepthwiseConv2D and BatchNormalization that, on the PyTorch backend,
-call PyTorch's channels-last kernels directly; on TensorFlow and JAX they are
-Keras's layers unchanged.
+"""Conv2D, DepthwiseConv2D, BatchNormalization and Dropout that, on the PyTorch
+backend, call PyTorch's channels-last kernels directly; elsewhere (TensorFlow, JAX,
+cases the shortcut does not cover) they are Keras's layers unchanged.
 
-Why: Keras 3.15's PyTorch backend copies every NHWC activation into a
-contiguous NCHW tensor and then into channels-last memory before each
-convolution (and back in the backward pass), and computes BatchNorm from
-separate mean/square/subtract/multiply ops. An NHWC tensor permuted to NCHW
-*is* a channels-last tensor, so oneDNN can take it as it is, and
-`torch.nn.functional.batch_norm` does the normalisation in one fused kernel
-with its own backward; a convolution adds its bias itself instead of in a
-second pass. Measured on a 2-core CPU (ResNet-20 training, batch 128,
-benchmarks/throughput.py): the copies and the unfused BatchNorm were about
-a quarter of the step. In bf16, a strided depthwise convolution's input
-gradient is computed in float32, where oneDNN's bf16 kernel for it is 25-150x
-slower, and a bf16 BatchNorm whose channels are not a multiple of 16 runs
-PyTorch's kernels on a wider view of the same memory, where they are fast.
-
-The layers compute the same function with the same variables, and save and
-load as these classes (`cifar_repro>Conv2D`, ...); tests/test_models.py
-compares them with Keras's own implementation on the PyTorch backend.
-Cases the shortcut does not cover (unknown spatial sizes; masks; renorm;
-synchronized statistics; channels-first data) go through Keras's implementation.
+Why: Keras 3.15's PyTorch backend copies every NHWC activation twice around a
+convolution and builds BatchNorm from separate ops, about a quarter of a ResNet-20
+step; an NHWC tensor permuted to NCHW is already channels-last for oneDNN. Same
+function, same variables (tests/test_native_torch.py); the measurements behind each
+choice are in reports/throughput_notes.md. The recipe's `fast_path` switches
+this module and native_graph.py off (NATIVE_TORCH).
 """
 
 import functools
@@ -300,15 +287,9 @@ def _batch_norm_training(inputs, gamma, beta, epsilon, unbiased=False):
 
 
 def _column_repeats(channels, count, dtype):
-    """How many pixels a row of the column view of `_column_batch_norm` holds
-    (`count` pixels in all), or 0 where PyTorch's channels-last kernel is the
-    faster on a CPU. That is everywhere but bf16 with channels not a multiple
-    of 16: 16, 32, 112 and 176 channels were measured faster on PyTorch's
-    kernel, and so was float32. Of the others, the column view pays for its
-    dozen small extra ops (~0.15 ms) where there are few channels (3 channels
-    at batch 128 over 32x32 pixels: 0.6 against 5.5 ms) or many pixels (168
-    channels over 16x16: 4.0 against 4.9 ms), not for 232 channels over 8x8
-    (1.5 ms both ways) or 268 over 4x4 (0.6 against 0.45 ms)."""
+    """How many pixels a row of `_column_batch_norm`'s column view holds, or 0 where
+    PyTorch's channels-last kernel is the faster on a CPU: everywhere but bf16 with
+    channels that are not a multiple of 16 (measured: reports/throughput_notes.md)."""
     import torch
 
     if dtype != torch.bfloat16 or channels % 16 == 0 or (channels >= 64 and count < 16384):
@@ -321,26 +302,14 @@ def _column_repeats(channels, count, dtype):
 
 @functools.cache
 def _column_batch_norm():
-    """Training-mode batch normalisation of a channels-last tensor computed on
-    its column view: the (pixels, channels) matrix that its memory is, read as
-    rows of `repeats` pixels (repeats * channels columns, a multiple of 32).
-
-    Why: PyTorch's channels-last kernel vectorises over the channels, and in
-    bf16 on a CPU it slows down where they are not a multiple of 16. On a
-    2-core AVX-512 CPU (batch 128; forward and backward) 24 channels over
-    32x32 pixels took 5.8 ms (2.5 on the column view), and in MobileNetV2's
-    bf16 training step its three 168-channel 32x32 BatchNorms took 59 ms (51),
-    its three 24-channel ones 17 ms (7). Over the wide columns the same
-    kernels run in their fast case: the column statistics come from
-    `batch_norm_update_stats` and fold into each channel's exactly (equal
-    groups: the mean of the means; the mean of the variances plus the variance
-    of the means); the normalisation and the backward pass are the inference
-    kernels with each channel's statistics repeated across its columns, plus one
-    affine pass for the batch statistics' share of the input gradient. Where
-    the channels are a multiple of 16 (16, 32, 112, 176 measured), and in
-    float32, PyTorch's kernel is as fast or faster, and is used. Built on first
-    use, since torch is only imported on the PyTorch backend.
-    """
+    """Training-mode batch normalisation of a channels-last tensor on its column view:
+    its (pixels, channels) memory read as rows of `repeats` pixels, so that PyTorch's
+    bf16 kernels run where they are fast (channels a multiple of 32). The column
+    statistics fold into each channel's exactly (equal groups: the mean of the means;
+    the mean of the variances plus the variance of the means); the backward pass is
+    the inference kernel with each channel's statistics repeated, plus one affine
+    pass for the statistics' share of the input gradient. Built on first use, since
+    torch is imported on the PyTorch backend only."""
     import torch
 
     aten = torch.ops.aten
@@ -411,21 +380,11 @@ def _column_batch_norm():
 
 @keras.saving.register_keras_serializable(package="cifar_repro")
 class Dropout(layers.Dropout):
-    """Keras's Dropout; on the PyTorch backend on a CPU, its mask is drawn
-    from NumPy's SFC64 generator, seeded by the layer's SeedGenerator.
-
-    Why: PyTorch's CPU `bernoulli_`, which both Keras's torch backend and
-    `nn.Dropout` use, takes about 6 ns an element; SFC64 fills 32 random bits
-    an element in under 1 ns, and the comparison that turns them into the mask
-    runs on PyTorch's threads. Measured on a 2-core CPU, a 128x32x32x64
-    dropout forward and backward took 19 ms against 59 ms with
-    `torch.nn.functional.dropout`: about a tenth of resnet_deep's training
-    step (nine dropout layers). Every unit is dropped with probability
-    round(rate * 2**32) / 2**32 (off `rate` by less than 1e-9), independently,
-    and the kept ones are scaled by 1 / (1 - rate), as Keras's dropout does.
-    The same seed gives the same masks (Keras's unseeded torch path does not).
-    Elsewhere (other backends, a GPU, a noise_shape) it is Keras's dropout.
-    """
+    """Keras's Dropout; on the PyTorch backend on a CPU its mask comes from NumPy's
+    SFC64 generator, seeded by the layer's SeedGenerator (so a resumed run draws the
+    same masks), instead of PyTorch's slow CPU `bernoulli_`. Each unit is dropped with
+    probability round(rate * 2**32) / 2**32 and the kept ones scaled by 1 / (1 - rate),
+    as Keras's dropout does; elsewhere (a GPU, a noise_shape) it is Keras's."""
 
     def call(self, inputs, training=False):
         if not (training and 0.0 < self.rate < 1.0 and self.noise_shape is None
