@@ -3,14 +3,17 @@
     python experiments/export.py runs/resnet_deep/seed0 --format saved_model [--out DIR]
     python experiments/export.py model.keras --format onnx [--out model.onnx]
 
-saved_model: a TensorFlow SavedModel (Keras's `model.export`; needs TensorFlow).
+saved_model: a TensorFlow SavedModel (Keras's `model.export`; needs TensorFlow; on
+another backend the export runs in a TensorFlow child process).
 onnx: an ONNX file where the backend's exporter is installed (on TensorFlow:
 `pip install tf2onnx onnx`); otherwise the message says what to install. The
 model.keras itself loads with `keras.saving.load_model` on any backend.
 """
 
 import argparse
+import importlib.util
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +32,15 @@ def main(argv=None):
     from training.machine import import_keras
 
     keras = import_keras()
+    if args.format == "saved_model" and keras.backend.backend() != "tensorflow":
+        # Keras writes SavedModels from TensorFlow only; the model.keras loads there too.
+        if importlib.util.find_spec("tensorflow") is None:
+            print("error: saved_model export needs TensorFlow (pip install -r "
+                  "requirements.txt), or use --format onnx.", file=sys.stderr)
+            return 1
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        return subprocess.run([sys.executable, os.path.abspath(__file__),
+                               *(argv if argv is not None else sys.argv[1:])], env=env).returncode
     from experiments.inference import InferenceError, load
 
     try:

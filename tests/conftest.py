@@ -1,9 +1,13 @@
 """Shared fixtures: tiny CIFAR copies in the real pickle layout, written to a temp dir."""
 
+import atexit
+import json
 import os
 import pickle
+import shutil
 import sys
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +15,24 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def _configured_backend():
+    path = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "keras.json")
+    try:
+        with open(path) as stream:
+            return json.load(stream).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+# Every child process runs on this process's backend, and Keras keeps its config in
+# a temp dir: without one, the first child (one started with KERAS_BACKEND=jax, say)
+# writes its backend into ~/.keras/keras.json as the default for all that follow.
+os.environ.setdefault("KERAS_BACKEND", _configured_backend())
+if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller; workers inherit both
+    os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="cifar-repro-tests-keras-")
+    atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], True)
 
 
 def synthetic_images(labels, rng):
@@ -75,3 +97,4 @@ def shared_cifar10(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10")
     write_cifar10(str(root))
     return str(root)
+

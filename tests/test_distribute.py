@@ -97,9 +97,10 @@ def test_multi_worker_run_with_two_workers_on_loopback(shared_cifar10, tmp_path)
     assert (config["distribute"], config["replicas"]) == ("multi-worker", 2)
     with open(os.path.join(out, "cnn_baseline", "seed0-quick", "metrics.json")) as stream:
         assert json.load(stream)["epochs_run"] == 2
-    # The second worker trained too, but its record stays out of the chief's.
-    assert os.path.exists(os.path.join(out, ".workers", "worker1", "cnn_baseline", "seed0-quick",
-                                       "history.csv"))
+    # The second worker trained too, but its record, plots included, stays out of the chief's.
+    worker = os.path.join(out, ".workers", "worker1", "cnn_baseline", "seed0-quick")
+    assert os.path.exists(os.path.join(worker, "history.csv"))
+    assert os.path.exists(os.path.join(worker, "loss.png"))
 
 
 @pytest.mark.parametrize("kind, env, extra, message", [

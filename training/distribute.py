@@ -52,6 +52,23 @@ def _split_tensorflow_cpu(tf, count):
             pass
 
 
+def _is_chief(task):
+    return task.get("type") == "chief" or (task.get("type") == "worker"
+                                           and int(task.get("index", 0)) == 0)
+
+
+def non_chief_worker(kind):
+    """The index of this process's worker when it is a non-chief worker of a
+    multi-worker run (from TF_CONFIG), else None."""
+    if kind != "multi-worker":
+        return None
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}")["task"]
+        return None if _is_chief(task) else int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # placement() names the problem
+
+
 class Placement:
     """Where a run computes: a context to build and compile the model in, and the
     number of replicas. `is_chief` is False on the non-chief workers of a
@@ -112,8 +129,7 @@ class Placement:
             _split_tensorflow_cpu(tf, host_device_count())
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
             self.worker_index = int(task.get("index", 0))
-            self.is_chief = task.get("type") == "chief" or (
-                task.get("type") == "worker" and self.worker_index == 0)
+            self.is_chief = _is_chief(task)
         self.replicas = self.strategy.num_replicas_in_sync
 
     def scope(self):

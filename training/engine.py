@@ -40,8 +40,9 @@ from data.pipeline import CifarBatches, input_threads
 from models import build_model, count_params, native, native_graph
 from models.export import save_inference_model
 from training import allocator, record, transfer
-from training.machine import cpu_flags, device_description, precision_warning, versions
-from training.distribute import DistributeError, placement as make_placement
+from training.machine import (cpu_flags, device_description, precision_warning, quiet_startup,
+                              versions)
+from training.distribute import DistributeError, non_chief_worker, placement as make_placement
 from training.losses import loss_and_metrics
 from training import spec
 from training.optimizer_specs import Optimizer
@@ -121,7 +122,11 @@ def quick_recipe(recipe, keeps=()):
 
 def run_directory(recipe, options):
     run_id = options.run_id or f"seed{options.seed}" + ("-quick" if options.quick else "")
-    return os.path.join(options.output_dir, recipe.name, run_id)
+    output_dir = options.output_dir
+    worker = non_chief_worker(options.distribute)
+    if worker is not None:  # a multi-worker run's record is the chief's; workers keep their own
+        output_dir = os.path.join(output_dir, ".workers", f"worker{worker}")
+    return os.path.join(output_dir, recipe.name, run_id)
 
 
 def _enable_determinism():
@@ -339,9 +344,6 @@ def train(recipe, options):
         placement.check_batch(recipe.batch_size)
     except DistributeError as error:
         raise RunError(str(error)) from None
-    if not placement.is_chief:  # a multi-worker run's record is the chief's; workers keep their own
-        options = dataclasses.replace(options, output_dir=os.path.join(
-            options.output_dir, ".workers", f"worker{placement.worker_index}"))
     run_dir = run_directory(recipe, options)
     config = {
         "experiment": recipe.name,
@@ -461,7 +463,8 @@ def _prepare(recipe, options, placement, run_dir, config):
             _evaluation_batches(recipe, normalizer, train_split[0][flipped], true_labels[flipped],
                                 data.num_classes),
             true_labels[flipped], train_split[1][flipped]))
-    keras.utils.set_random_seed(options.seed)
+    with quiet_startup():  # it seeds TensorFlow too where installed, importing it on any backend
+        keras.utils.set_random_seed(options.seed)
     if options.deterministic:
         _enable_determinism()
     native.NATIVE_TORCH = recipe.fast_path
