@@ -52,7 +52,7 @@ def test_one_step_on_two_replicas_equals_one_step_on_one_device(kind):
     assert result["max_difference"] < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["mirrored", "data-parallel"])
+@pytest.mark.parametrize("kind", ["mirrored", pytest.param("data-parallel", marks=pytest.mark.slow)])
 def test_quick_run_on_two_replicas_and_its_checkpoint_on_one_device(kind, shared_cifar10, tmp_path):
     out = str(tmp_path)
     result = quick_run(kind, shared_cifar10, out)

@@ -304,8 +304,8 @@ def test_mixup_quick_run_logs_the_epoch_gate(shared_cifar10, tmp_path):
         assert json.load(stream)["series"][0]["label"] == "train (on mixup batches)"
 
 
-@pytest.mark.parametrize("name, precision", [("modified_resnet", "fp32"),
-                                             ("resnet5m_row6", "bf16")])
+@pytest.mark.parametrize("name, precision", [
+    ("modified_resnet", "fp32"), pytest.param("resnet5m_row6", "bf16", marks=pytest.mark.slow)])
 def test_quick_runs_with_the_papers_augmentation(shared_cifar10, tmp_path, name, precision):
     # The papers' recipes (augmentation, optimizer, schedule) on a smaller network.
     run_dir, metrics = quick(name, shared_cifar10, str(tmp_path), *SMALL_RESNET5M,
@@ -400,6 +400,7 @@ def test_transfer_needs_its_source_then_trains_head_and_network(tmp_path):
     assert bad.returncode == 1 and "Cannot load" in bad.stderr
 
 
+@pytest.mark.slow
 def test_group_resumes_after_an_interruption(shared_cifar10, tmp_path):
     """norm_comparison is killed while its second member trains; the rerun skips
     the finished member and completes the rest, past one that fails."""

@@ -258,7 +258,7 @@ print("backend", keras.backend.backend())
 """
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=pytest.mark.slow), "torch"])
 def test_every_family_runs_on_other_backends(backend):
     pytest.importorskip(backend)
     env = {**os.environ, "KERAS_BACKEND": backend}
@@ -270,6 +270,7 @@ def test_every_family_runs_on_other_backends(backend):
     assert "se_resnet (4993166, 7552)" in result.stdout
 
 
+@pytest.mark.slow  # KERAS_BACKEND=torch python -m pytest runs the module directly
 def test_fast_path_module_on_the_torch_backend():
     """tests/test_native_torch.py, which checks the PyTorch-backend fast path
     against Keras's own implementation, run under KERAS_BACKEND=torch (the suite

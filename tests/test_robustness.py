@@ -38,6 +38,7 @@ def status(run_dir):
         return json.load(stream)
 
 
+@pytest.mark.slow
 def test_deterministic_runs_match_and_a_killed_run_matches_an_uninterrupted_one(shared_cifar10, tmp_path):
     out = str(tmp_path)
     common = [*DETERMINISTIC, "--data-dir", shared_cifar10, "--output-dir", out]

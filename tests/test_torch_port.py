@@ -54,6 +54,7 @@ def test_keras_l2_becomes_coupled_weight_decay_on_those_kernels():
     assert sum(len(group["params"]) for group in groups) == len(list(port.parameters()))
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_writes_ratios_per_backend(tmp_path):
     """One step per measurement on a small network: the JSON has the ratio fields
     the report promises and the table names each backend."""

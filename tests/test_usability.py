@@ -250,9 +250,11 @@ def test_run_plots_give_percent_with_the_papers_line(quick_run):
     (["--input-threads", "100"], "--input-threads must be 0 (half the cores) or 1 to 8; got 100"),
     (["--input-threads", "-1"], "--input-threads must be 0"),
 ])
-def test_options_out_of_range_are_refused(args, message):
-    result = script("run.py", "cnn_baseline", *args)
-    assert result.returncode == 2 and message in result.stderr
+def test_options_out_of_range_are_refused(capsys, args, message):
+    from experiments.run import main
+
+    assert main(["cnn_baseline", *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_quick_keeps_explicit_epochs_and_val_split(shared_cifar10, tmp_path):
