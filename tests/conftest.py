@@ -97,4 +97,3 @@ def shared_cifar10(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10")
     write_cifar10(str(root))
     return str(root)
-
