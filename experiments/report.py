@@ -74,7 +74,9 @@ class Run:
         ran = _training_fields(self.config.get("recipe", {}))
         if recipe is not None and ran != _training_fields(recipe.to_dict()):
             if ran.get("epochs") != recipe.epochs:
-                return f"short: {epochs_run} of {recipe.epochs} epochs"
+                subset = ran.get("train_images")  # a short run on a training subset says so
+                images = f", {subset:,} training images" if subset else ""
+                return f"short: {epochs_run} of {recipe.epochs} epochs{images}"
             return "modified recipe"
         if epochs_run is not None and full_epochs is not None and epochs_run < full_epochs:
             return f"short: {epochs_run} of {full_epochs} epochs"
@@ -204,6 +206,7 @@ def summarise(runs):
             "wall_hours": statistics.fmean(r.metrics.get("train_seconds", 0.0) for r in members) / 3600,
             "hardware": _distinct(r.config.get("device") or r.config.get("platform", "?") for r in members),
             "backend": _distinct(r.config.get("backend", "?") for r in members),
+            **_noise_fields(members),
         })
     order = {name: index for index, name in enumerate(EXPERIMENTS)}
     summary.sort(key=lambda row: (order.get(row["experiment"], len(order)), row["kind"] != "full",
@@ -212,6 +215,41 @@ def summarise(runs):
     for row in summary:
         row["beyond_allowance"] = _beyond_allowance(row)
     return summary
+
+
+def _noise_fields(members):
+    """With label noise: its kind and rate, and at the last epoch the accuracy on the
+    flipped training images against their true and their noisy labels (memorisation)."""
+    config = members[0].config
+    if config.get("noise_kind") is None:
+        return {}
+    fields = {"noise_kind": config["noise_kind"], "noise_rate": config["noise_rate"]}
+    for which in ("true", "noisy"):
+        key = f"flipped_{which}_accuracy"
+        mean, std = _mean_std([_percent(r.history[-1].get(key)) for r in members])
+        fields[key], fields[f"{key}_std"] = mean, std
+    return fields
+
+
+def noise_table(summary):
+    """The label-noise runs: test accuracy falls with the rate, and the network fits the
+    flipped images' noisy labels (it memorises) rather than their true ones."""
+    rows = sorted((row for row in summary if "noise_kind" in row),
+                  key=lambda row: (row["noise_kind"], row["noise_rate"], row["kind"]))
+    lines = ["| experiment | run | n | noise | epochs | final test % | best test % "
+             "| flipped images: true label % | flipped images: noisy label % |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        flipped = [_format(row[f"flipped_{which}_accuracy"], row[f"flipped_{which}_accuracy_std"],
+                           row["n"]) for which in ("true", "noisy")]
+        lines.append(
+            f"| {row['experiment']} | {'**full**' if row['kind'] == 'full' else row['kind']} | "
+            f"{row['n']} | {row['noise_kind']} {100 * row['noise_rate']:.0f}% | "
+            f"{row['epochs_run']} / {row['recipe_epochs']} | "
+            f"{_format(row['final_test_accuracy'], row['final_test_std'], row['n'])} | "
+            f"{_format(row['best_test_accuracy'], row['best_test_std'], row['n'])} | "
+            f"{flipped[0]} | {flipped[1]} |")
+    return "\n".join(lines) if rows else ""
 
 
 def _beyond_allowance(row):
@@ -296,6 +334,15 @@ def results_markdown(summary, problems, searches=(), parity=()):
                 f"{row['paper_source'] or '-'} | {gap} | {row['wall_hours']:.2f} | "
                 f"{row['hardware']} | {row['backend']} |")
         lines.append("")
+    noise = noise_table(summary)
+    if noise:
+        lines += ["## Label noise (paper 004's ResNet-C)", "",
+                  "A share of the training labels changed to another class (seeded; test labels "
+                  "stay clean). *Flipped images* is the last epoch's accuracy on the changed "
+                  "training images, scored against their true labels and against the noisy "
+                  "labels they trained with: the second rising above chance (1/9 for symmetric "
+                  "noise) is the network memorising the noise. A short run's schedule is "
+                  "compressed into its epochs.", "", noise, ""]
     if searches:
         lines += ["## Searches (KerasTuner)", "",
                   "Scores are the best validation accuracy of each trial's short training, "
@@ -377,7 +424,10 @@ def readme_table(summary):
         if row["kind"] == "quick":
             continue
         paper = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
+        # "short" with the training subset it ran on, if any (the epochs have their column)
         kind = "full" if row["kind"] == "full" else row["kind"].split(":")[0]
+        subset = row["kind"].partition(" epochs, ")[2]
+        kind += f", {subset}" if subset else ""
         kind += f" ({row['precision']})" if row["precision"] != "fp32" else ""
         lines.append(
             f"| {row['experiment']} | {paper} | "

@@ -19,10 +19,11 @@ RUN = os.path.join(ROOT, "experiments", "run.py")
 
 
 def write_record(runs, name, run_id, best, final, epochs=None, quick=False, noise=None, seconds=60.0,
-                 data="original", history_epochs=None):
+                 data="original", history_epochs=None, train_images=0):
     """A completed run record as training.engine writes it (`epochs` as --epochs
-    sets it; `history_epochs` fewer rows than that, as no finished run has)."""
-    recipe = EXPERIMENTS[name].to_dict()
+    sets it, `train_images` as --set train_images=N; `history_epochs` fewer rows
+    than that, as no finished run has)."""
+    recipe = {**EXPERIMENTS[name].to_dict(), "train_images": train_images}
     full_epochs = recipe["epochs"]
     epochs = recipe["epochs"] = epochs or recipe["epochs"]  # as --epochs and --quick leave it
     folder = os.path.join(runs, name, run_id)
@@ -342,7 +343,7 @@ def test_report_names_the_data_and_refuses_unfinished_records(tmp_path):
     running = write_record(runs, "cnn_l2", "seed0", 0.7, 0.7)
     record.write_status(running, "running")
     write_record(runs, "noisy_labels_symmetric40", "seed0", 0.6, 0.55, epochs=15,
-                 noise=("symmetric", 0.4), data="jpeg_rebuild")
+                 noise=("symmetric", 0.4), data="jpeg_rebuild", train_images=3000)
     loaded, problems = report.load_runs(runs)
     assert sorted(run.experiment for run in loaded) == [
         "cnn_baseline", "noisy_labels_symmetric40", "resnet_step"]
@@ -352,15 +353,20 @@ def test_report_names_the_data_and_refuses_unfinished_records(tmp_path):
     rows = {row["experiment"]: row for row in report.summarise(loaded)}
     assert rows["cnn_baseline"]["data"] == "jpeg_rebuild" and not rows["cnn_baseline"]["beyond_allowance"]
     assert rows["resnet_step"]["beyond_allowance"]
-    assert rows["noisy_labels_symmetric40"]["kind"] == "short: 15 of 50 epochs"
+    assert rows["noisy_labels_symmetric40"]["kind"] == "short: 15 of 50 epochs, 3,000 training images"
     assert rows["noisy_labels_symmetric40"]["gap"] is None
     text = report.results_markdown(report.summarise(loaded), problems)
     assert "| cnn_baseline | **full** | 1 | JPEG rebuild |" in text
     assert "| -13.36 † |" in text and "80.00 (best test) | 93.36 |" in text
     table = report.readme_table(report.summarise(loaded))
     assert "| resnet_step | 93.36 | 80.00 (best test) | 79.00 | 1 | JPEG rebuild | 100 / 100 | full |" in table
-    assert "| noisy_labels_symmetric40 | - | 60.00 (best test) | 55.00 | 1 | JPEG rebuild | 15 / 50 | short |" \
-        in table
+    assert ("| noisy_labels_symmetric40 | - | 60.00 (best test) | 55.00 | 1 | JPEG rebuild | 15 / 50 "
+            "| short, 3,000 training images |") in table
+    # The label-noise section: the last epoch's accuracy on the flipped training images,
+    # against their true labels (0.5 - 0.55 / 4) and their noisy ones (0.55 / 2).
+    assert ("| noisy_labels_symmetric40 | short: 15 of 50 epochs, 3,000 training images | 1 | "
+            "symmetric 40% | 15 / 50 | 55.00 | 60.00 | 36.25 | 27.50 |") in text
+    assert report.noise_table([rows["cnn_baseline"]]) == ""  # no noise, no section
 
 
 def test_report_writes_the_readme_table_between_its_markers(tmp_path):
