@@ -74,13 +74,18 @@ class Run:
         ran = _training_fields(self.config.get("recipe", {}))
         if recipe is not None and ran != _training_fields(recipe.to_dict()):
             if ran.get("epochs") != recipe.epochs:
-                subset = ran.get("train_images")  # a short run on a training subset says so
-                images = f", {subset:,} training images" if subset else ""
+                # a short run on a training subset says so
+                images = f", {self.train_images:,} training images" if self.train_images else ""
                 return f"short: {epochs_run} of {recipe.epochs} epochs{images}"
             return "modified recipe"
         if epochs_run is not None and full_epochs is not None and epochs_run < full_epochs:
             return f"short: {epochs_run} of {full_epochs} epochs"
         return "full"
+
+    @property
+    def train_images(self):
+        """The training subset's size (--set train_images=N), 0 for the whole set."""
+        return self.config.get("recipe", {}).get("train_images") or 0
 
     @property
     def data(self):
@@ -191,6 +196,7 @@ def summarise(runs):
             "run_ids": [r.run_id for r in members],
             "trainable_params": members[0].metrics.get("trainable_params"),
             "epochs_run": max(r.metrics.get("epochs_run", 0) for r in members),
+            "train_images": members[0].train_images,  # one kind, one subset
             "recipe_epochs": recipe.epochs if recipe else members[0].metrics.get("full_recipe_epochs"),
             "final_test_accuracy": final_mean, "final_test_std": final_std,
             "best_test_accuracy": best_mean, "best_test_std": best_std,
@@ -426,8 +432,7 @@ def readme_table(summary):
         paper = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
         # "short" with the training subset it ran on, if any (the epochs have their column)
         kind = "full" if row["kind"] == "full" else row["kind"].split(":")[0]
-        subset = row["kind"].partition(" epochs, ")[2]
-        kind += f", {subset}" if subset else ""
+        kind += f", {row['train_images']:,} training images" if row.get("train_images") else ""
         kind += f" ({row['precision']})" if row["precision"] != "fp32" else ""
         lines.append(
             f"| {row['experiment']} | {paper} | "
