@@ -117,7 +117,11 @@ def evaluate(model, loader):
 def run(paper, spec):
     """Trains `paper` as `spec` says; returns the record parity.py reads."""
     from data.cifar import load_cifar
+    from training.allocator import keep_freed_memory
 
+    # As run.py does for the Keras side: without it glibc faults every batch's
+    # activations in again (MobileNetV2 here 2.5-3x slower; reports/results_notes.md).
+    keep_freed_memory()
     torch.set_num_threads(os.cpu_count() or 1)
     seed_everything(spec["seed"])
     data = load_cifar("cifar10", spec.get("data_dir"))
