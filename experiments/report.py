@@ -104,8 +104,9 @@ class Run:
     def group(self):
         """The runs averaged into one row: one experiment and kind, at one precision,
         validated on the same set (the test set's best epoch is the optimistic one),
-        on the same data."""
-        return (self.experiment, self.kind, self.precision, self.validation_is_test, self.data)
+        on the same data and training subset."""
+        return (self.experiment, self.kind, self.precision, self.validation_is_test, self.data,
+                self.train_images)
 
 
 def _distinct(values):
@@ -174,12 +175,13 @@ def _format(mean, std, n):
 
 
 def summarise(runs):
-    """One row per Run.group (experiment, kind, precision, validation set): means over its runs."""
+    """One row per Run.group (experiment, kind, precision, validation set, data,
+    training subset): means over its runs."""
     rows = {}
     for run in runs:
         rows.setdefault(run.group, []).append(run)
     summary = []
-    for (experiment, kind, precision, validation_is_test, data), members in rows.items():
+    for (experiment, kind, precision, validation_is_test, data, train_images), members in rows.items():
         recipe = EXPERIMENTS.get(experiment)
         final_mean, final_std = _mean_std([_percent(r.metrics.get("final_test_accuracy")) for r in members])
         best_mean, best_std = _mean_std([_percent(r.metrics.get("best_test_accuracy")) for r in members])
@@ -196,7 +198,7 @@ def summarise(runs):
             "run_ids": [r.run_id for r in members],
             "trainable_params": members[0].metrics.get("trainable_params"),
             "epochs_run": max(r.metrics.get("epochs_run", 0) for r in members),
-            "train_images": members[0].train_images,  # one kind, one subset
+            "train_images": train_images,
             "recipe_epochs": recipe.epochs if recipe else members[0].metrics.get("full_recipe_epochs"),
             "final_test_accuracy": final_mean, "final_test_std": final_std,
             "best_test_accuracy": best_mean, "best_test_std": best_std,
