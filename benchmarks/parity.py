@@ -21,6 +21,9 @@ most twice the larger of the two sides' seed standard deviations; "differs"
 otherwise. --lr-factor F multiplies the Keras side's learning rate by F (a
 deliberately broken recipe), to show the comparison can say "differs".
 
+Each side's finished seed is kept under --output-dir and reused when the same
+call comes again, so an interrupted case resumes at the seed it stopped in.
+
 Writes reports/parity_<case>.json and .md and reports/figures/parity_<case>_
 {accuracy,loss}.png (each with its .json). Needs PyTorch and torchvision
 (requirements-bench.txt).
@@ -139,6 +142,9 @@ def keras_side(case, recipe, args, edits, seed, out):
                "--run-id", run_id] + [part for edit in sets for part in ("--set", edit)]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
+    spec, path = {"command": command[2:]}, os.path.join(out, f"keras-{run_id}.json")
+    if (finished := finished_seed(path, spec)) is not None:
+        return finished
     started = time.time()
     result = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": "torch"},
                             capture_output=True, text=True)
@@ -149,12 +155,24 @@ def keras_side(case, recipe, args, edits, seed, out):
     history = record.read_history(os.path.join(run_dir, "history.csv"))
     metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
     config = record.read_json(os.path.join(run_dir, "config.json"))
-    return {"side": "keras", "seed": seed, "command": " ".join(command[1:]),
-            "history": [{"epoch": row["epoch"], "loss": row["loss"],
-                         "test_accuracy": row["val_accuracy"], "lr": row["lr"]} for row in history],
-            "final_test_accuracy": metrics["final_test_accuracy"],
-            "seconds": time.time() - started, "parameters": metrics["trainable_params"],
-            "versions": config["versions"]}
+    run = {"side": "keras", "seed": seed, "spec": spec, "command": " ".join(command[1:]),
+           "history": [{"epoch": row["epoch"], "loss": row["loss"],
+                        "test_accuracy": row["val_accuracy"], "lr": row["lr"]} for row in history],
+           "final_test_accuracy": metrics["final_test_accuracy"],
+           "seconds": time.time() - started, "parameters": metrics["trainable_params"],
+           "versions": config["versions"]}
+    record.write_json(path, run)
+    return run
+
+
+def finished_seed(path, spec):
+    """A side's seed saved by an earlier call with the same spec, else None."""
+    try:
+        with open(path) as stream:
+            run = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    return run if run.get("spec") == spec else None
 
 
 def reference_side(case, args, numbers, seed, out):
@@ -162,6 +180,8 @@ def reference_side(case, args, numbers, seed, out):
             "train_images": args.train_images, "eval_images": args.eval_images, "seed": seed,
             "data_dir": args.data_dir, "schedule": numbers}
     path = os.path.join(out, f"reference-{case.script}-seed{seed}.json")
+    if (finished := finished_seed(path, spec)) is not None:
+        return {**finished, "seed": seed}
     result = subprocess.run([sys.executable, os.path.join(REFERENCE, case.script + ".py"),
                              "--spec", json.dumps(spec), "--json", path],
                             capture_output=True, text=True, cwd=REFERENCE)

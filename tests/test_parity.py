@@ -40,6 +40,16 @@ def test_verdict_passes_the_same_and_fails_a_shift():
     assert constant["verdict"] == "same within noise" and constant["welch_p"] == 1.0
 
 
+def test_a_finished_seed_is_reused_only_for_the_same_spec(tmp_path):
+    path = tmp_path / "keras-parity-seed0.json"
+    assert parity.finished_seed(str(path), {"command": ["resnet20"]}) is None
+    path.write_text(json.dumps({"spec": {"command": ["resnet20", "--seed", "0"]}, "seconds": 5}))
+    assert parity.finished_seed(str(path), {"command": ["resnet20", "--seed", "0"]})["seconds"] == 5
+    assert parity.finished_seed(str(path), {"command": ["resnet20", "--seed", "1"]}) is None
+    path.write_text('{"spec": {"comm')  # cut off mid-write
+    assert parity.finished_seed(str(path), {"command": ["resnet20", "--seed", "0"]}) is None
+
+
 def test_both_sides_compress_the_schedule_by_one_rule():
     def rule(name, epochs=4, images=5000):
         case = parity.CASES[name]
@@ -137,3 +147,10 @@ def test_the_harness_end_to_end_on_a_tiny_size(shared_cifar10, tmp_path):
     assert len({run["parameters"] for run in saved["runs"]}) == 1
     assert (tmp_path / "parity.md").exists()
     assert (tmp_path / "figures" / "parity_resnet20_accuracy.png").exists()
+    # The same call again reuses every finished seed, measured seconds included.
+    again = tmp_path / "again.json"
+    command = result.args[:result.args.index("--json") + 1] + [str(again)] + \
+        result.args[result.args.index("--json") + 2:]
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(again.read_text())["runs"] == saved["runs"]
