@@ -149,8 +149,7 @@ def test_the_harness_end_to_end_on_a_tiny_size(shared_cifar10, tmp_path):
     assert (tmp_path / "figures" / "parity_resnet20_accuracy.png").exists()
     # The same call again reuses every finished seed, measured seconds included.
     again = tmp_path / "again.json"
-    command = result.args[:result.args.index("--json") + 1] + [str(again)] + \
-        result.args[result.args.index("--json") + 2:]
+    command = [str(again) if part == str(out) else part for part in result.args]
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(again.read_text())["runs"] == saved["runs"]
