@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train several experiments at once, one process each, every one stopped after LIMIT_S
-# seconds: one GPU trains many small networks side by side faster than one after another.
+# seconds: a small network leaves most of a large GPU idle, so several can share it.
 # The same call again resumes the unfinished ones from their last epoch.
 # Usage: experiments/side_by_side.sh LIMIT_S DATA_DIR OUTPUT_DIR EXPERIMENT[:INPUT_THREADS]... [-- RUN_ARGS...]
 # Each run's console goes to OUTPUT_DIR/EXPERIMENT.log; $PYTHON picks the interpreter.
