@@ -5,15 +5,17 @@
 # Usage: experiments/side_by_side.sh LIMIT_S DATA_DIR OUTPUT_DIR EXPERIMENT[:INPUT_THREADS]... [-- RUN_ARGS...]
 # Each run's console goes to OUTPUT_DIR/EXPERIMENT.log; $PYTHON picks the interpreter.
 set -u
-if [ $# -lt 4 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
+usage() {
   echo "usage: $0 LIMIT_S DATA_DIR OUTPUT_DIR EXPERIMENT[:INPUT_THREADS]... [-- RUN_ARGS...]" >&2
   echo "  e.g. $0 3600 ~/data/cifar10 ~/runs cnn_vgg3:2 cnn_regularized:4" >&2
   exit 2
-fi
+}
+{ [ $# -ge 4 ] && [[ $1 =~ ^[0-9]+$ ]]; } || usage
 limit=$1 data=$2 out=$3
 shift 3
 runs=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do runs+=("$1"); shift; done
+[ ${#runs[@]} -gt 0 ] || usage  # experiments come before the --
 [ $# -gt 0 ] && shift  # the rest goes to every run.py call
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out" || exit 2

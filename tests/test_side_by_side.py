@@ -22,7 +22,7 @@ def fake_python(tmp_path, body):
 def side_by_side(tmp_path, args, body="exit 0"):
     env = dict(os.environ, PYTHON=fake_python(tmp_path, body))
     return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+                          env=env, timeout=60, cwd=tmp_path)
 
 
 def test_each_experiment_gets_its_threads_and_the_shared_arguments(tmp_path):
@@ -53,7 +53,8 @@ def test_a_failed_run_fails_the_call(tmp_path):
     assert done.stdout.strip() == "broken: exit 3"
 
 
-@pytest.mark.parametrize("args", [[], ["60", "DATA", "OUT"], ["soon", "DATA", "OUT", "cnn_vgg3"]])
+@pytest.mark.parametrize("args", [[], ["60", "DATA", "OUT"], ["soon", "DATA", "OUT", "cnn_vgg3"],
+                                  ["60", "DATA", "OUT", "--", "--epochs", "3"]])
 def test_bad_arguments_print_the_usage(tmp_path, args):
     done = side_by_side(tmp_path, args)
     assert done.returncode == 2
