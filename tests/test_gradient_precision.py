@@ -1,0 +1,74 @@
+"""benchmarks/gradient_precision.py: float32 gradients of the fast path, Keras's own
+ops and the PyTorch twin against the twin's float64 ones."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks.gradient_precision import WAYS, _as_torch_layout, compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_compare_reads_keras_layouts_and_measures_relative_error():
+    rng = np.random.default_rng(0)
+    exact = {("conv", "kernel"): rng.normal(size=(8, 3, 3, 3)),  # OIHW
+             ("logits", "kernel"): rng.normal(size=(10, 8)),
+             ("bn", "gamma"): rng.normal(size=8)}
+    keras_layout = {("conv", "kernel"): exact[("conv", "kernel")].transpose(2, 3, 1, 0),
+                    ("logits", "kernel"): exact[("logits", "kernel")].T,
+                    ("bn", "gamma"): exact[("bn", "gamma")]}
+    assert compare(keras_layout, exact, True)[0] == 0.0
+    scaled = {**keras_layout, ("bn", "gamma"): 1.1 * exact[("bn", "gamma")]}
+    total, largest, share = compare(scaled, exact, True)
+    assert (largest, share) == ("bn/gamma", 1.0)
+    part = np.sum(exact[("bn", "gamma")] ** 2) / sum(np.sum(g ** 2) for g in exact.values())
+    assert total == pytest.approx(0.1 * part ** 0.5)
+    with pytest.raises(ValueError, match="shape"):  # never broadcast a wrong layout
+        compare({**keras_layout, ("logits", "kernel"): exact[("logits", "kernel")]}, exact, True)
+
+
+def test_kernels_are_laid_out_as_copy_weights_lays_them_out():
+    pytest.importorskip("torch")
+    import keras
+
+    from benchmarks.torch_port import TorchPort, copy_weights
+
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(inputs)
+    x = keras.layers.Conv2D(5, 3, padding="same", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="dense")(x))
+    twin = copy_weights(TorchPort(model), model)
+    for name in ("dw", "conv", "dense"):
+        kernel = np.asarray(model.get_layer(name).get_weights()[0])
+        module = twin.layers[name]
+        expected = (module.conv.weight if hasattr(module, "conv") else module.weight)
+        expected = expected.detach().numpy()
+        np.testing.assert_array_equal(_as_torch_layout(kernel, expected.shape), expected)
+
+def test_benchmark_finds_float32_rounding_only(tmp_path):
+    pytest.importorskip("torch")
+    output = tmp_path / "precision.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gradient_precision.py"), "resnet20",
+         "--batch", "4", "--json", str(output)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(output.read_text())["rows"]
+    for way in WAYS:  # float32 rounding: above 0, far below a wrong backward pass's ~1
+        assert 0.0 < row[way][0] < 1e-4, (way, row[way])
+    assert "| resnet20 | 4 |" in (tmp_path / "precision.md").read_text()
+
+
+def test_unknown_experiment_is_refused_with_the_fix(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gradient_precision.py"), "resnet21",
+         "--json", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "resnet21" in result.stderr and "--list" in result.stderr
+    assert not (tmp_path / "x.json").exists()
