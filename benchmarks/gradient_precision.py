@@ -59,7 +59,8 @@ def keras_gradients(model, images, labels):
 
 
 def twin_gradients(twin, images, labels, dtype):
-    """The same for the PyTorch twin, keyed like keras_gradients."""
+    """The same for the PyTorch twin, keyed like keras_gradients; converts the twin
+    to `dtype` in place (float32 weights survive the round trip through float64)."""
     import torch
 
     twin = twin.to(dtype).train()
@@ -139,10 +140,10 @@ def render(result):
         "",
         "Relative L2 error of one batch's float32 gradient against the float64 one of "
         "the PyTorch twin (benchmarks/gradient_precision.py), over all parameters; in "
-        "brackets the tensor with the largest share of the squared error. `fast_path` is what run.py trains with on the PyTorch "
-        "backend, `keras_ops` Keras's own layers (the recipe's fast_path off), "
-        f"`torch_float32` the PyTorch twin. Standard-normal images, random labels, "
-        f"initial weights. Versions: {result['versions']}.",
+        "brackets the tensor with the largest share of the squared error. `fast_path` "
+        "is what run.py trains with on the PyTorch backend, `keras_ops` Keras's own "
+        "layers (the recipe's fast_path off), `torch_float32` the PyTorch twin. "
+        f"Standard-normal images, random labels, initial weights. Versions: {result['versions']}.",
         "",
         *markdown_table(header, rows, "lr" + "l" * len(WAYS)),
         "",
