@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.gradient_precision import WAYS, _as_torch_layout, compare
+from benchmarks.gradient_precision import WAYS, _as_torch_layout, compare, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,10 +65,10 @@ def test_benchmark_finds_float32_rounding_only(tmp_path):
     assert "| resnet20 | 4 |" in (tmp_path / "precision.md").read_text()
 
 
-def test_unknown_experiment_is_refused_with_the_fix(tmp_path):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "gradient_precision.py"), "resnet21",
-         "--json", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "resnet21" in result.stderr and "--list" in result.stderr
+def test_unknown_experiment_is_refused_with_the_fix(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["resnet21", "--json", str(tmp_path / "x.json")])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert "resnet21" in error and "--list" in error
     assert not (tmp_path / "x.json").exists()
