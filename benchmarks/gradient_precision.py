@@ -31,30 +31,21 @@ DEFAULT_EXPERIMENTS = ("se_resnet_mixup", "resnet20", "modified_resnet", "mobile
 WAYS = ("fast_path", "keras_ops", "torch_float32")
 
 
-def _as_torch_layout(gradient, shape):
-    """A Keras gradient in the twin's layout `shape`, as copy_weights maps weights:
-    Conv2D HWIO -> OIHW, DepthwiseConv2D H W C M -> (C*M) 1 H W, Dense transposed."""
-    if gradient.ndim == 4 and shape[1] == 1 and gradient.shape[2] != 1:  # depthwise
-        gradient = gradient.transpose(2, 3, 0, 1).reshape(shape)
-    elif gradient.ndim == 4:
-        gradient = gradient.transpose(3, 2, 0, 1)
-    elif gradient.ndim == 2:
-        gradient = gradient.T
-    if gradient.shape != tuple(shape):
-        raise ValueError(f"gradient of shape {gradient.shape} where the twin has {tuple(shape)}.")
-    return gradient
-
-
 def keras_gradients(model, images, labels):
-    """{(layer, weight): float64 gradient} of the mean cross-entropy, training mode."""
+    """{(layer, weight): float64 gradient} of the mean cross-entropy, training mode,
+    kernels in the twin's layout."""
     import torch
+
+    from benchmarks.torch_port import torch_layout
 
     for variable in model.trainable_variables:
         variable.value.grad = None
     logits = model(torch.from_numpy(images), training=True)
     loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(labels))
     loss.backward()
-    return {(layer.name, weight.name): weight.value.grad.detach().double().numpy()
+    return {(layer.name, weight.name): torch_layout(
+                type(layer).__name__ if weight.name == "kernel" else None,
+                weight.value.grad.detach().double().numpy())
             for layer in model.layers for weight in layer.weights if weight.trainable}
 
 
@@ -78,14 +69,17 @@ def twin_gradients(twin, images, labels, dtype):
     return found
 
 
-def compare(gradients, exact, keras_layout):
+def compare(gradients, exact):
     """(relative L2 error over all parameters, the tensor with the largest share of the
     squared error, that share). A tensor's own relative error is no measure: some
     exact gradients are zero (a BatchNorm's beta before a 1x1 conv and another
     BatchNorm), so their float32 values divide by nothing."""
     errors, total = {}, 0.0
     for key, expected in exact.items():
-        got = _as_torch_layout(gradients[key], expected.shape) if keras_layout else gradients[key]
+        got = gradients[key]
+        if got.shape != expected.shape:  # never broadcast one layout against another
+            raise ValueError(f"{'/'.join(key)}: gradient of shape {got.shape} where the "
+                             f"twin has {expected.shape}.")
         errors["/".join(key)] = float(np.sum((got - expected) ** 2))
         total += float(np.sum(expected ** 2))
     error = sum(errors.values())
@@ -122,11 +116,10 @@ def measure(experiment, batch=32, seed=0):
             native.NATIVE_TORCH = switch  # read as the network is built and called
             built = build_model(recipe.model, 10, **recipe.model_args)
             built.set_weights(model.get_weights())
-            row[way] = compare(keras_gradients(built, images, labels), exact, True)
+            row[way] = compare(keras_gradients(built, images, labels), exact)
     finally:
         native.NATIVE_TORCH = saved
-    row["torch_float32"] = compare(twin_gradients(twin, images, labels, torch.float32),
-                                   exact, False)
+    row["torch_float32"] = compare(twin_gradients(twin, images, labels, torch.float32), exact)
     return row
 
 

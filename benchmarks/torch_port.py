@@ -210,6 +210,17 @@ class TorchPort(nn.Module):
         return values[self.output_name]
 
 
+def torch_layout(kind, kernel):
+    """A Keras kernel in the twin's layout: Conv2D HWIO -> OIHW, DepthwiseConv2D
+    H W C M -> (C*M) 1 H W, Dense (in, out) -> (out, in); others as they are."""
+    if kind == "Conv2D":
+        return kernel.transpose(3, 2, 0, 1)
+    if kind == "DepthwiseConv2D":
+        h, w, c, m = kernel.shape
+        return kernel.transpose(2, 3, 0, 1).reshape(c * m, 1, h, w)
+    return kernel.T if kind == "Dense" else kernel
+
+
 def copy_weights(port, model):
     """Loads `model`'s weights (NHWC kernels) into `port`."""
     with torch.no_grad():
@@ -220,13 +231,8 @@ def copy_weights(port, model):
             kind = type(layer).__name__
             weights = [np.asarray(w) for w in layer.get_weights()]
             if kind in ("Conv2D", "DepthwiseConv2D"):
-                kernel = weights[0]
-                if kind == "Conv2D":  # HWIO -> OIHW
-                    kernel = kernel.transpose(3, 2, 0, 1)
-                else:  # H W C M -> (C*M) 1 H W
-                    h, w, c, m = kernel.shape
-                    kernel = kernel.transpose(2, 3, 0, 1).reshape(c * m, 1, h, w)
-                target.conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
+                kernel = np.ascontiguousarray(torch_layout(kind, weights[0]))
+                target.conv.weight.copy_(torch.from_numpy(kernel))
                 if layer.use_bias:
                     target.conv.bias.copy_(torch.from_numpy(weights[1]))
             elif kind == "BatchNormalization":
@@ -237,7 +243,7 @@ def copy_weights(port, model):
                 target.running_var.copy_(torch.from_numpy(variance))
             elif kind == "Dense":
                 linear = target[0] if isinstance(target, nn.Sequential) else target
-                linear.weight.copy_(torch.from_numpy(weights[0].T.copy()))
+                linear.weight.copy_(torch.from_numpy(torch_layout(kind, weights[0]).copy()))
                 if layer.use_bias:
                     linear.bias.copy_(torch.from_numpy(weights[1]))
     return port

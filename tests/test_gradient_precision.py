@@ -9,34 +9,33 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.gradient_precision import WAYS, _as_torch_layout, compare, main
+from benchmarks.gradient_precision import WAYS, compare, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_compare_reads_keras_layouts_and_measures_relative_error():
+def test_compare_measures_relative_error_and_refuses_a_wrong_layout():
     rng = np.random.default_rng(0)
     exact = {("conv", "kernel"): rng.normal(size=(8, 3, 3, 3)),  # OIHW
              ("logits", "kernel"): rng.normal(size=(10, 8)),
              ("bn", "gamma"): rng.normal(size=8)}
-    keras_layout = {("conv", "kernel"): exact[("conv", "kernel")].transpose(2, 3, 1, 0),
-                    ("logits", "kernel"): exact[("logits", "kernel")].T,
-                    ("bn", "gamma"): exact[("bn", "gamma")]}
-    assert compare(keras_layout, exact, True)[0] == 0.0
-    scaled = {**keras_layout, ("bn", "gamma"): 1.1 * exact[("bn", "gamma")]}
-    total, largest, share = compare(scaled, exact, True)
+    assert compare(dict(exact), exact)[0] == 0.0
+    scaled = {**exact, ("bn", "gamma"): 1.1 * exact[("bn", "gamma")]}
+    total, largest, share = compare(scaled, exact)
     assert (largest, share) == ("bn/gamma", 1.0)
     part = np.sum(exact[("bn", "gamma")] ** 2) / sum(np.sum(g ** 2) for g in exact.values())
     assert total == pytest.approx(0.1 * part ** 0.5)
     with pytest.raises(ValueError, match="shape"):  # never broadcast a wrong layout
-        compare({**keras_layout, ("logits", "kernel"): exact[("logits", "kernel")]}, exact, True)
+        compare({**exact, ("logits", "kernel"): exact[("logits", "kernel")].T}, exact)
 
 
 def test_kernels_are_laid_out_as_copy_weights_lays_them_out():
+    """keras_gradients puts each kernel's gradient in the layout copy_weights gives
+    the twin's weights (the twin's logits test pins that layout down)."""
     pytest.importorskip("torch")
     import keras
 
-    from benchmarks.torch_port import TorchPort, copy_weights
+    from benchmarks.torch_port import TorchPort, copy_weights, torch_layout
 
     inputs = keras.Input((8, 8, 4))
     x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(inputs)
@@ -45,11 +44,12 @@ def test_kernels_are_laid_out_as_copy_weights_lays_them_out():
     model = keras.Model(inputs, keras.layers.Dense(3, name="dense")(x))
     twin = copy_weights(TorchPort(model), model)
     for name in ("dw", "conv", "dense"):
-        kernel = np.asarray(model.get_layer(name).get_weights()[0])
+        layer = model.get_layer(name)
         module = twin.layers[name]
-        expected = (module.conv.weight if hasattr(module, "conv") else module.weight)
-        expected = expected.detach().numpy()
-        np.testing.assert_array_equal(_as_torch_layout(kernel, expected.shape), expected)
+        expected = module.conv.weight if hasattr(module, "conv") else module.weight
+        got = torch_layout(type(layer).__name__, np.asarray(layer.get_weights()[0]))
+        np.testing.assert_array_equal(got, expected.detach().numpy())
+
 
 def test_benchmark_finds_float32_rounding_only(tmp_path):
     pytest.importorskip("torch")
