@@ -54,19 +54,15 @@ def twin_gradients(twin, images, labels, dtype):
     to `dtype` in place (float32 weights survive the round trip through float64)."""
     import torch
 
+    from benchmarks.torch_port import named_state
+
     twin = twin.to(dtype).train()
     twin.zero_grad()
     batch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(dtype)
     loss = torch.nn.functional.cross_entropy(twin(batch), torch.from_numpy(labels))
     loss.backward()
-    found = {}
-    for layer_name, module in twin.layers.items():
-        norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-        names = {"weight": "gamma" if norm else "kernel", "bias": "beta" if norm else "bias"}
-        for parameter_name, parameter in module.named_parameters():
-            weight = names[parameter_name.rsplit(".", 1)[-1]]
-            found[(layer_name, weight)] = parameter.grad.detach().double().numpy()
-    return found
+    return {key: parameter.grad.detach().double().numpy()
+            for key, parameter in named_state(twin).items()}
 
 
 def compare(gradients, exact):

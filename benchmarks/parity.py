@@ -76,6 +76,18 @@ CASES = {
 }
 
 
+def reference_paper(case):
+    """The `Paper` of a case's reference script, imported here (needs torch)."""
+    import importlib
+
+    if REFERENCE not in sys.path:
+        sys.path.insert(0, REFERENCE)
+    module = importlib.import_module(case.script)
+    if case.variant:
+        return module.paper(case.variant)
+    return module.paper() if callable(getattr(module, "paper", None)) else module.PAPER
+
+
 def compressed(recipe, case, epochs, train_images):
     """(run.py --set edits, the schedule numbers for the reference side)."""
     schedule, ratio = recipe.schedule, epochs / recipe.epochs
@@ -175,10 +187,15 @@ def finished_seed(path, spec):
     return run if run.get("spec") == spec else None
 
 
-def reference_side(case, args, numbers, seed, out):
-    spec = {"experiment": case.experiment, "variant": case.variant, "epochs": args.epochs,
+def reference_spec(case, args, numbers, seed):
+    """What the reference script reads (benchmarks/reference/common.py)."""
+    return {"experiment": case.experiment, "variant": case.variant, "epochs": args.epochs,
             "train_images": args.train_images, "eval_images": args.eval_images, "seed": seed,
             "data_dir": args.data_dir, "schedule": numbers}
+
+
+def reference_side(case, args, numbers, seed, out):
+    spec = reference_spec(case, args, numbers, seed)
     path = os.path.join(out, f"reference-{case.script}-seed{seed}.json")
     if (finished := finished_seed(path, spec)) is not None:
         return {**finished, "seed": seed}

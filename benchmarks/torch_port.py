@@ -221,6 +221,26 @@ def torch_layout(kind, kernel):
     return kernel.T if kind == "Dense" else kernel
 
 
+_KERAS_NAMES = {"weight": "kernel", "bias": "bias"}
+_NORM_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+               "running_var": "moving_variance"}
+
+
+def named_state(port, statistics=False):
+    """{(layer, Keras weight name): tensor} of the port's parameters, and with
+    `statistics` its BatchNorms' running mean and variance too."""
+    found = {}
+    for layer_name, module in port.layers.items():
+        norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        names = _NORM_NAMES if norm else _KERAS_NAMES
+        entries = list(module.named_parameters())
+        if statistics and norm:
+            entries += [(name, module.get_buffer(name)) for name in ("running_mean", "running_var")]
+        for name, tensor in entries:
+            found[(layer_name, names[name.rsplit(".", 1)[-1]])] = tensor
+    return found
+
+
 def copy_weights(port, model):
     """Loads `model`'s weights (NHWC kernels) into `port`."""
     with torch.no_grad():

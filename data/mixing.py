@@ -56,15 +56,22 @@ class Mixer(DataView):
             return True
         return bool(np.random.default_rng([seed, epoch, 2]).random() < self.p)
 
-    def __call__(self, x, y, seed, epoch, index):
-        """Mixes batch `index` of `epoch` when the gate opens; returns (x, y)."""
+    def draw(self, seed, epoch, index, size):
+        """(lam, partner, rng) for batch `index` of `epoch` (`size` images), or None
+        where the gate stays shut; CutMix draws its box from `rng` next."""
         if not self.epoch_is_mixed(seed, epoch):
-            return x, y
+            return None
         rng = np.random.default_rng([seed, epoch, 3, index])
         if self.gate == "batch" and not rng.random() < self.p:
+            return None
+        return rng.beta(self.alpha, self.alpha), rng.permutation(size), rng
+
+    def __call__(self, x, y, seed, epoch, index):
+        """Mixes batch `index` of `epoch` when the gate opens; returns (x, y)."""
+        drawn = self.draw(seed, epoch, index, len(x))
+        if drawn is None:
             return x, y
-        lam = rng.beta(self.alpha, self.alpha)
-        partner = rng.permutation(len(x))
+        lam, partner, rng = drawn
         if self.kind == "mixup":
             mixed = lam * x + (1.0 - lam) * x[partner]
         else:

@@ -3,7 +3,6 @@ distributions, the schedule compression, the authors' networks against the
 suite's counts, their test-time inputs against the suite's normalisation, and
 the harness end to end on a tiny size (with torchvision)."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -17,13 +16,6 @@ from experiments.recipes import EXPERIMENTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "benchmarks", "reference")
-
-
-def reference(script):
-    pytest.importorskip("torch")
-    if REFERENCE not in sys.path:
-        sys.path.insert(0, REFERENCE)
-    return importlib.import_module(script)
 
 
 def test_verdict_passes_the_same_and_fails_a_shift():
@@ -77,16 +69,15 @@ def test_both_sides_compress_the_schedule_by_one_rule():
 def test_reference_networks_have_the_suites_parameter_counts(script, variant, model, args):
     from models import build_model, count_params
 
-    module = reference(script)
-    paper = module.paper(variant) if variant else (
-        module.paper() if callable(getattr(module, "paper", None)) else module.PAPER)
+    pytest.importorskip("torch")
+    paper = parity.reference_paper(parity.Case(experiment=model, script=script, variant=variant))
     network = paper.network({"variant": variant})
     torch_count = sum(p.numel() for p in network.parameters() if p.requires_grad)
     assert torch_count == count_params(build_model(model, 10, **args))[0]
 
 
 INPUTS_SCRIPT = """
-import importlib, json, sys
+import json, sys
 import numpy as np
 sys.path[:0] = [{root!r}, {reference!r}]
 from benchmarks import parity
@@ -100,9 +91,7 @@ data = load_cifar("cifar10", {data!r})
 for name in ("mobilenetv2", "resnet5m_row6", "resnet5m_row1", "modified_resnet",
              "se_resnet_mixup", "resnet20"):
     case = parity.CASES[name]
-    module = importlib.import_module(case.script)
-    paper = module.paper(case.variant) if case.variant else (
-        module.paper() if callable(getattr(module, "paper", None)) else module.PAPER)
+    paper = parity.reference_paper(case)
     paper.train_transform({{"variant": case.variant, "train_images": 0, "data_dir": {data!r}}})
     dataset = common.Images(data.x_test, data.y_test, paper.test_transform(), paper.as_image)
     theirs = np.stack([dataset[i][0].numpy().transpose(1, 2, 0) for i in range(len(dataset))])

@@ -100,6 +100,14 @@ def plain_train_epoch(model, loader, optimizer, scheduler, spec, epoch, clip_val
     return total / max(batches, 1)
 
 
+def train_one_epoch(paper, model, loader, optimizer, scheduler, spec, epoch):
+    """The paper's own training step if it had one, else the common loop."""
+    if paper.train_epoch is not None:
+        return paper.train_epoch(model, loader, optimizer, scheduler, spec, epoch)
+    return plain_train_epoch(model, loader, optimizer, scheduler, spec, epoch,
+                             step_per_iteration=paper.step == "iteration")
+
+
 def evaluate(model, loader):
     """(accuracy, mean batch loss) of the model in eval mode."""
     model.eval()
@@ -140,11 +148,7 @@ def run(paper, spec):
     history, started = [], time.time()
     for epoch in range(spec["epochs"]):
         rate = optimizer.param_groups[0]["lr"]
-        if paper.train_epoch is not None:
-            loss = paper.train_epoch(model, loader, optimizer, scheduler, spec, epoch)
-        else:
-            loss = plain_train_epoch(model, loader, optimizer, scheduler, spec, epoch,
-                                     step_per_iteration=paper.step == "iteration")
+        loss = train_one_epoch(paper, model, loader, optimizer, scheduler, spec, epoch)
         accuracy, test_loss = evaluate(model, DataLoader(every_epoch, batch_size=500))
         if paper.step == "epoch":
             scheduler.step()
