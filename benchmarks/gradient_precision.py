@@ -36,17 +36,15 @@ def keras_gradients(model, images, labels):
     kernels in the twin's layout."""
     import torch
 
-    from benchmarks.torch_port import torch_layout
+    from benchmarks.torch_port import keras_state
 
     for variable in model.trainable_variables:
         variable.value.grad = None
     logits = model(torch.from_numpy(images), training=True)
     loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(labels))
     loss.backward()
-    return {(layer.name, weight.name): torch_layout(
-                type(layer).__name__ if weight.name == "kernel" else None,
-                weight.value.grad.detach().double().numpy())
-            for layer in model.layers for weight in layer.weights if weight.trainable}
+    return keras_state(model, lambda weight: weight.value.grad.detach().double().numpy(),
+                       trainable_only=True)
 
 
 def twin_gradients(twin, images, labels, dtype):

@@ -40,14 +40,11 @@ DEFAULT_CASES = ("se_resnet_mixup", "resnet20", "modified_resnet", "mobilenetv2"
 PARTS = ("weights", "statistics")
 
 
-def keras_state(model):
-    """{(layer, weight): float64 array} of every weight, kernels in the twin's layout."""
-    from benchmarks.torch_port import torch_layout
+def weights_of(model):
+    """Every weight of `model` as float64, keyed as the twin's (torch_port)."""
+    from benchmarks.torch_port import keras_state
 
-    return {(layer.name, weight.name): torch_layout(
-                type(layer).__name__ if weight.name == "kernel" else None,
-                np.asarray(weight.numpy(), dtype=np.float64))
-            for layer in model.layers for weight in layer.weights}
+    return keras_state(model, lambda weight: np.asarray(weight.numpy(), dtype=np.float64))
 
 
 def twin_state(twin):
@@ -88,10 +85,10 @@ def keras_steps(recipe, model, images, labels, batch, seed):
     compile_model(model, recipe, recipe.optimizer, recipe.schedule)
     batches = CifarBatches(images, labels, 10, batch, mix=recipe.mixup, seed=seed,
                            label_column=bool(recipe.mixup))
-    before, after = keras_state(model), []
+    before, after = weights_of(model), []
     for index in range(len(batches)):
         model.train_on_batch(*batches.batch(0, index))
-        after.append(changes(before, keras_state(model)))
+        after.append(changes(before, weights_of(model)))
     return after
 
 

@@ -221,6 +221,15 @@ def torch_layout(kind, kernel):
     return kernel.T if kind == "Dense" else kernel
 
 
+def keras_state(model, read, trainable_only=False):
+    """{(layer, Keras weight name): read(weight)} of `model`'s weights, kernels in the
+    twin's layout: the keys `named_state` gives the twin's."""
+    return {(layer.name, weight.name): torch_layout(
+                type(layer).__name__ if weight.name == "kernel" else None, read(weight))
+            for layer in model.layers for weight in layer.weights
+            if weight.trainable or not trainable_only}
+
+
 _KERAS_NAMES = {"weight": "kernel", "bias": "bias"}
 _NORM_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
                "running_var": "moving_variance"}
