@@ -81,6 +81,25 @@ def compare(gradients, exact):
     return (error / total) ** 0.5, largest, errors[largest] / error if error else 0.0
 
 
+def starting_point(recipe, name, count, seed):
+    """(`count` standard-normal images, random labels, the recipe's network at its
+    seeded initial weights); refuses a network with dropout, whose masks differ
+    between Keras and the twin."""
+    import keras
+
+    from models import build_model
+
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((count, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, count)
+    keras.utils.set_random_seed(seed)
+    model = build_model(recipe.model, 10, **recipe.model_args)
+    if any(isinstance(layer, keras.layers.Dropout) for layer in model.layers):
+        raise SystemExit(f"{name}: its network has dropout, whose masks differ between "
+                         "Keras and the twin; pick one without dropout.")
+    return images, labels, model
+
+
 def measure(experiment, batch=32, seed=0):
     import keras
     import torch
@@ -93,14 +112,7 @@ def measure(experiment, batch=32, seed=0):
         raise SystemExit("gradient_precision.py needs the PyTorch backend: "
                          "run it with KERAS_BACKEND=torch.")
     recipe = EXPERIMENTS[experiment]
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, 32, 32, 3)).astype(np.float32)
-    labels = rng.integers(0, 10, batch)
-    keras.utils.set_random_seed(seed)
-    model = build_model(recipe.model, 10, **recipe.model_args)
-    if any(isinstance(layer, keras.layers.Dropout) for layer in model.layers):
-        raise SystemExit(f"{experiment}: its network has dropout, whose masks differ between "
-                         "Keras and the twin; pick a network without dropout.")
+    images, labels, model = starting_point(recipe, experiment, batch, seed)
     twin = copy_weights(TorchPort(model), model)
     exact = twin_gradients(twin, images, labels, torch.float64)
     row = {"experiment": experiment, "model": recipe.model, "batch": batch, "seed": seed}

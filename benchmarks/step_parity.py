@@ -117,10 +117,10 @@ def measure(case_name, steps=3, batch=32, seed=0):
     import torch
 
     from benchmarks import parity
-    from benchmarks.gradient_precision import compare
+    from benchmarks.gradient_precision import compare, starting_point
     from benchmarks.torch_port import TorchPort, copy_weights
     from experiments.recipes import EXPERIMENTS
-    from models import build_model, native
+    from models import native
     from training.recipe import apply_overrides
 
     if keras.backend.backend() != "torch":
@@ -134,15 +134,8 @@ def measure(case_name, steps=3, batch=32, seed=0):
                                        sizes.train_images)
     recipe = apply_overrides(EXPERIMENTS[case.experiment], edits)
     spec = parity.reference_spec(case, sizes, numbers, seed)
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((steps * batch, 32, 32, 3)).astype(np.float32)
-    labels = rng.integers(0, 10, steps * batch)
-    keras.utils.set_random_seed(seed)
     native.NATIVE_TORCH = recipe.fast_path  # as run.py sets it before building
-    model = build_model(recipe.model, 10, **recipe.model_args)
-    if any(isinstance(layer, keras.layers.Dropout) for layer in model.layers):
-        raise SystemExit(f"{case_name}: its network has dropout, whose masks differ between "
-                         "Keras and the twin; pick a case without dropout.")
+    images, labels, model = starting_point(recipe, case_name, steps * batch, seed)
     draws = None
     if recipe.mixup and recipe.mixup.epoch_is_mixed(seed, 0):
         draws = [recipe.mixup.draw(seed, 0, index, batch)[:2] for index in range(steps)]
