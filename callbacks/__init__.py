@@ -11,6 +11,8 @@ import time
 import keras
 import numpy as np
 
+from training import backup
+
 
 class InterruptGuard(keras.callbacks.Callback):
     """Ctrl-C stops training even where Python loses the KeyboardInterrupt.
@@ -54,6 +56,32 @@ class InterruptGuard(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
     on_epoch_begin = on_train_batch_begin = on_test_batch_begin = _raise_if_interrupted
+
+
+class DeadlineReached(Exception):
+    """Training stopped before an epoch that would end past the deadline."""
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops at an epoch boundary before the epoch that would end after `deadline`
+    (a time.time() value), judged by the median epoch so far (`earlier_seconds`
+    counts the epochs of earlier sessions). Raised from on_epoch_begin, as
+    InterruptGuard does, so that fit ends without on_train_end and the backup
+    stays for the rerun that resumes. Put it after EpochLog."""
+
+    def __init__(self, deadline, earlier_seconds=()):
+        super().__init__()
+        self.deadline = deadline
+        self.seconds = [s for s in earlier_seconds if s]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        expected = float(np.median(self.seconds)) if self.seconds else 0.0
+        if time.time() + expected > self.deadline:
+            raise DeadlineReached(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get("seconds"):
+            self.seconds.append(float(logs["seconds"]))
 
 
 class EpochSync(keras.callbacks.Callback):
@@ -153,15 +181,18 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose saves cannot be torn by a kill.
+    """BackupAndRestore in generations (training/backup.py) that a kill cannot tear.
 
     Keras writes latest.weights.h5 in place, so a SIGKILL during the write leaves
-    a file that fails to load (with a ValueError, which its double_checkpoint
-    fallback does not catch). Here the weights and the metadata are written to
-    temporary files and renamed into place, weights first: a kill between the two
-    renames (a few microseconds) at worst repeats one epoch, whose history row
-    the trainer drops on resume.
+    a file that fails to load. Here each epoch's state (weights, every layer's
+    random-number state, the epoch) is written aside, read back, and renamed into
+    place; the previous generation stays until the next one is in. `resume_from`
+    is the generation the trainer chose (training.backup.resume_point), or None.
     """
+
+    def __init__(self, backup_dir, resume_from=None):
+        super().__init__(backup_dir)
+        self.resume_from = resume_from
 
     def _seed_generators(self):
         """Every layer's random-number state (Dropout's masks...), which
@@ -173,33 +204,27 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 generators[f"{layer.name}/{index}"] = generator
         return generators
 
-    @property
-    def _seed_path(self):
-        return os.path.join(self.backup_dir, "seed_states.npz")
-
-    def _load_model(self):
-        super()._load_model()
-        if os.path.exists(self._seed_path) and os.path.exists(self._training_metadata_path):
-            with np.load(self._seed_path) as saved:
+    def on_train_begin(self, logs=None):
+        if self.resume_from is None:
+            return
+        folder = self.resume_from
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(folder, backup.WEIGHTS))
+        seeds = os.path.join(folder, backup.SEEDS)
+        if os.path.exists(seeds):
+            with np.load(seeds) as saved:
                 for name, generator in self._seed_generators().items():
                     if name in saved:
                         generator.state.assign(saved[name])
+        with open(os.path.join(folder, backup.METADATA)) as stream:
+            self.model._initial_epoch = json.load(stream)["epoch"]
 
     def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        partial_weights = self._weights_path.replace(".weights.h5", ".partial.weights.h5")
-        self.model.save_weights(filepath=partial_weights, overwrite=True)
-        partial_seeds = self._seed_path.replace(".npz", ".partial.npz")
-        np.savez(partial_seeds, **{name: keras.ops.convert_to_numpy(generator.state)
-                                   for name, generator in self._seed_generators().items()})
-        partial_metadata = self._training_metadata_path + ".partial"
-        with open(partial_metadata, "w") as stream:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial_weights, self._weights_path)
-        os.replace(partial_seeds, self._seed_path)
-        os.replace(partial_metadata, self._training_metadata_path)
+        backup.save(self.backup_dir, self._current_epoch,
+                    lambda path: self.model.save_weights(filepath=path, overwrite=True),
+                    {name: keras.ops.convert_to_numpy(generator.state)
+                     for name, generator in self._seed_generators().items()})
 
 
 class Memorisation(keras.callbacks.Callback):

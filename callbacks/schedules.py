@@ -57,15 +57,20 @@ class TorchReduceLROnPlateau(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.best, self.wait, self.cooldown_counter = None, 0, 0
-        if not (self.state_path and os.path.exists(self.state_path)):
+        self._restored = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """The counters saved after the epoch before this one, where training resumes."""
+        if self._restored or not (self.state_path and os.path.exists(self.state_path)):
             return
-        metadata = os.path.join(os.path.dirname(self.state_path), "training_metadata.json")
-        if not os.path.exists(metadata):
-            return
-        with open(metadata) as stream:
-            epoch = json.load(stream).get("epoch")
-        with open(self.state_path) as stream:
-            state = json.load(stream).get(str(epoch))
+        self._restored = True
+        try:
+            with open(self.state_path) as stream:
+                state = json.load(stream).get(str(epoch))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{self.state_path} is damaged ({error}); the plateau counters "
+                             f"of the resumed epoch are lost. Pass --run-id NAME to train the "
+                             f"run again.") from None
         if state:
             self.best, self.wait, self.cooldown_counter = (
                 state["best"], state["wait"], state["cooldown_counter"])

@@ -187,12 +187,10 @@ def test_plateau_counters_survive_a_resume(tmp_path):
     losses = [1.0, 0.9, 0.95, 0.97, 0.99]
     for epoch, loss in enumerate(losses):
         first.on_epoch_end(epoch, {"val_loss": loss, "learning_rate": 0.001})
-    os.makedirs(state_dir, exist_ok=True)
-    with open(os.path.join(state_dir, "training_metadata.json"), "w") as stream:
-        json.dump({"epoch": 5}, stream)  # BackupAndRestore's record: 5 epochs done
     resumed = TorchReduceLROnPlateau(patience=5, state_dir=state_dir, monitor="val_loss")
     resumed.set_model(model)
     resumed.on_train_begin()
+    resumed.on_epoch_begin(5)  # training resumes after 5 epochs
     assert (resumed.best, resumed.wait) == (pytest.approx(0.9), first.wait) and first.wait == 3
 
 

@@ -18,6 +18,7 @@ epoch; a finished run is reported and left alone.
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -29,8 +30,8 @@ import time
 import keras
 import numpy as np
 
-from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochLog, EpochSync,
-                       InterruptGuard, Memorisation, RunProgress)
+from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, Deadline, DeadlineReached,
+                       EpochLog, EpochSync, InterruptGuard, Memorisation, RunProgress)
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
 from data.noise import corrupt_labels
@@ -39,9 +40,9 @@ from data.pipeline import MAX_AUTO_INPUT_THREADS as MAX_INPUT_THREADS
 from data.pipeline import CifarBatches, input_threads
 from models import build_model, count_params, native, native_graph
 from models.export import save_inference_model
-from training import allocator, record, transfer
+from training import allocator, backup, record, transfer
 from training.machine import (cpu_flags, device_description, precision_warning, quiet_startup,
-                              versions)
+                              tensor_float_32, versions)
 from training.distribute import DistributeError, non_chief_worker, placement as make_placement
 from training.losses import loss_and_metrics
 from training import spec
@@ -70,6 +71,12 @@ class RunOptions:
     tensorboard: bool = False  # keras.callbacks.TensorBoard logs in <run>/tensorboard
     # Recipe fields the user set (--epochs, --val-split) that --quick keeps as given.
     quick_keeps: tuple = ()
+    # Score the test set at the end when it did not validate; a search's trials,
+    # selected on held-out training images, never read it.
+    score_test: bool = True
+    # A time.time() after which no epoch starts that would not end before it (the
+    # median epoch judges); the run then stops resumable (RunStopped). None: none.
+    deadline: float = None
 
     def __post_init__(self):
         # The run id names one folder under output_dir/<experiment>/: "../x" would put the
@@ -87,6 +94,10 @@ class RunOptions:
 
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says how to go on."""
+
+
+class RunStopped(RunError):
+    """A run stopped at its deadline, at an epoch boundary; the same command resumes it."""
 
 
 # --precision -> Keras dtype policy. Mixed policies compute in 16 bits and keep the
@@ -266,6 +277,35 @@ def _removed_if_refused(created):
         raise
 
 
+def _finished_record(recipe, run_dir, status):
+    """metrics.json of a finished run, else None (the run trains or resumes). A status
+    lost to damage is rewritten from the files; a finished record damaged since is
+    refused with the way out."""
+    state = (status or {}).get("status")
+    if state not in ("completed", "damaged"):
+        return None
+    stages_left = any(backup.generations(os.path.join(run_dir, name))
+                      for name in ("backup", "backup-head"))
+    try:
+        metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
+        logged = record.logged_epochs(os.path.join(run_dir, "history.csv"))
+    except (OSError, ValueError) as error:
+        metrics, logged = None, f"unreadable ({type(error).__name__})"
+    if state == "damaged":
+        print(f"{recipe.name}: {status['reason']}", file=sys.stderr)
+        if stages_left or metrics is None or logged != metrics.get("epochs_run"):
+            return None  # unfinished: resume from its backup
+        record.write_status(run_dir, "completed")
+        return metrics
+    if metrics is not None and logged == metrics.get("epochs_run"):
+        return metrics
+    wanted = metrics.get("epochs_run") if metrics else "its"
+    raise RunError(f"{run_dir} finished, but its record was damaged since: history.csv holds "
+                   f"{logged} of {wanted} epochs' rows, and the finished run kept no backup to "
+                   f"train them again. Pass --run-id NAME to train the run again, or delete "
+                   f"{run_dir}.")
+
+
 def _check_existing(run_dir, config):
     """Refuses to mix a changed recipe into an existing run; says how to start fresh."""
     path = os.path.join(run_dir, "config.json")
@@ -273,8 +313,12 @@ def _check_existing(run_dir, config):
         return None
     try:
         saved = record.read_json(path)
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunError(f"{path} is unreadable ({error}); remove {run_dir} to start fresh.") from None
+    except (OSError, ValueError) as error:
+        # Rewritten from this command once the network builds: the rerun of the
+        # same command is how a run resumes, and the backup and history are intact.
+        print(f"{path} was unreadable ({type(error).__name__}); it is written again from "
+              f"this command.", file=sys.stderr)
+        return record.read_status(run_dir)
     saved.setdefault("precision", "fp32")  # records from before --precision existed
     # A field added since the record was written reads as its default there, and a
     # section as its typed spec reads it (defaults filled in).
@@ -360,6 +404,7 @@ def train(recipe, options):
         "command": " ".join(sys.argv),
         "host": platform.node(),
         "device": device_description(),
+        "tensor_float_32": tensor_float_32(),  # TF32 matrix units, on a GPU that has them
         # The batches do not depend on it (each is a function of seed, epoch and index).
         "input_threads": input_threads(options.input_threads),
         **placement.describe(),
@@ -402,10 +447,11 @@ class Prepared:
 def _train_locked(recipe, options, full_epochs, placement, run_dir, config, created):
     """train() once this process holds the run folder's lock: prepare, each stage, finish."""
     status = _check_existing(run_dir, config)
-    if status and status.get("status") == "completed":
+    finished = _finished_record(recipe, run_dir, status)
+    if finished is not None:
         print(f"{recipe.name}: already completed in {run_dir}; nothing to do "
               f"(pass --run-id NAME for another run).")
-        return record.read_json(os.path.join(run_dir, "metrics.json"))
+        return finished
     warning = precision_warning(options.precision, config["device"], cpu_flags())
     if warning:  # only where something will train
         print(warning, file=sys.stderr)
@@ -490,7 +536,8 @@ def _prepare(recipe, options, placement, run_dir, config):
                     count_params(model), val_from_test=from_test)
 
 
-def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history, guard):
+def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history, guard,
+                     resume_from=None):
     """The callbacks of one stage's fit, in the order they must run."""
     backup_dir = os.path.join(run_dir, stage.backup)
     best_so_far = record.best_epoch(history, recipe.monitor)  # best.keras must beat it
@@ -499,6 +546,8 @@ def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history
     callback_list += [
         EpochLog(),
         RunProgress(recipe.name, recipe.epochs, [row.get("seconds") for row in history]),
+        *([Deadline(options.deadline, [row.get("seconds") for row in history])]
+          if options.deadline is not None else []),
         keras.callbacks.TerminateOnNaN(),
         AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
                               mode="min" if "loss" in recipe.monitor else "max",
@@ -513,7 +562,46 @@ def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history
             os.path.join(run_dir, "tensorboard"), histogram_freq=0, write_graph=False))
     return callback_list + [keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"),
                                                       append=True),
-                            AtomicBackupAndRestore(backup_dir)]
+                            AtomicBackupAndRestore(backup_dir, resume_from)]
+
+
+def _resume_point(recipe, run_dir, stage):
+    """(epochs done, backup generation to load or None) for the stage: its newest
+    backup that reads and whose rows history.csv holds; a damaged file passed over
+    is named, and one that leaves nothing to resume from is refused with the fix."""
+    backup_dir = os.path.join(run_dir, stage.backup)
+    history_path = os.path.join(run_dir, "history.csv")
+    try:
+        logged = record.logged_epochs(history_path)
+    except record.HistoryError:
+        raise RunError(f"{recipe.name}: {history_path} is not a run history (no 'epoch' column "
+                       f"header), so the rows of the epochs trained are lost. Delete it and "
+                       f"{backup_dir} and rerun the same command to train the stage again "
+                       f"(or pass --run-id NAME for a separate run).") from None
+    epoch, folder, notes = backup.resume_point(backup_dir, logged)
+    if folder is None and not notes:
+        return stage.first_epoch, None  # nothing saved yet: the stage starts
+    if folder is None:
+        raise RunError(f"{recipe.name}: nothing in {backup_dir} can resume the run: "
+                       f"{'; '.join(notes)}. Delete {backup_dir} and rerun the same command to "
+                       f"train this stage again from epoch {stage.first_epoch + 1} (or pass "
+                       f"--run-id NAME for a separate run).")
+    for note in notes:
+        print(f"{recipe.name}: {note}; resuming from the generation before it "
+              f"({folder}), which trains again what followed.", file=sys.stderr)
+    best = os.path.join(run_dir, "best.keras")
+    if os.path.exists(best) and not record.zip_reads(best):
+        raise RunError(f"{recipe.name}: {best} is damaged, and the best epoch's weights with it; "
+                       f"pass --run-id NAME to train the run again (or delete {run_dir}).")
+    plateau = os.path.join(backup_dir, "plateau_state.json")
+    if os.path.exists(plateau):
+        try:
+            record.read_json(plateau)
+        except (OSError, ValueError) as error:
+            raise RunError(f"{recipe.name}: {plateau} is damaged ({error}), and with it the "
+                           f"plateau counters of the epoch to resume; pass --run-id NAME to "
+                           f"train the run again.") from None
+    return epoch, folder
 
 
 def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
@@ -524,19 +612,13 @@ def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
     with placement.scope():
         base_lr = compile_model(model, recipe, stage.optimizer, stage.schedule)
     placement.prepare(model)
-    done = stage.first_epoch
-    metadata = os.path.join(run_dir, stage.backup, "training_metadata.json")
-    if os.path.exists(metadata):
-        done = int(record.read_json(metadata).get("epoch", stage.first_epoch))
-    try:
-        history = record.truncate_history(os.path.join(run_dir, "history.csv"), done)
-    except record.HistoryError as error:
-        raise RunError(str(error)) from None
+    done, resume_from = _resume_point(recipe, run_dir, stage)
+    history = record.truncate_history(os.path.join(run_dir, "history.csv"), done)
     if done > stage.first_epoch or (done and stage.name == "finetune"):
         print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
     guard = InterruptGuard()
     callback_list = _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr,
-                                     history, guard)
+                                     history, guard, resume_from)
     try:
         with placement.scope(), guard:
             model.fit(prepared.train_batches, validation_data=prepared.val_batches,
@@ -546,15 +628,26 @@ def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
         record.write_status(run_dir, "interrupted",
                             reason="stopped by Ctrl-C; rerun the same command to resume")
         raise
+    except DeadlineReached as reached:
+        reason = (f"stopped at the deadline after epoch {reached.args[0]} of {recipe.epochs}; "
+                  f"rerun the same command to resume")
+        record.write_status(run_dir, "interrupted", reason=reason)
+        raise RunStopped(f"{recipe.name}: {reason}.") from None
     except OSError as error:  # a full disk or a vanished folder while saving
         # The epoch in progress (EpochSync sets it as each begins; `done` before
         # the first), counted from 1 as Keras's progress lines count them.
         epoch = max(prepared.train_batches.epoch, done) + 1
-        reason = (f"could not write {error.filename or 'a file'} "
-                  f"({error.strerror or error}) in epoch {epoch}")
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                           errno.EPERM):
+            reason = (f"could not write {error.filename or 'a file'} "
+                      f"({error.strerror or error}) in epoch {epoch}")
+            fix = "free space (or make the folder writable) and rerun the same command to resume"
+        else:
+            reason = f"a file failed in epoch {epoch}: {error}"
+            fix = "rerun the same command: it resumes from the newest backup that reads"
         record.write_status(run_dir, "failed", reason=reason)
         raise RunError(f"{recipe.name}: {reason}. The files written before are intact; "
-                       f"free space and rerun the same command to resume.") from None
+                       f"{fix}.") from None
     except Exception as error:
         record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
         raise
@@ -574,7 +667,7 @@ def _finish(recipe, options, run_dir, prepared, full_epochs, start):
     best_path = os.path.join(run_dir, "best.keras")
     best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
-    if not prepared.val_from_test or len(prepared.val[0]) < len(test[0]):
+    if options.score_test and (not prepared.val_from_test or len(prepared.val[0]) < len(test[0])):
         print(f"{recipe.name}: training done; scoring the final and the best model on the "
               f"{len(test[0]):,} test images.", flush=True)
         test_batches = _evaluation_batches(recipe, prepared.normalizer, *test,

@@ -74,6 +74,35 @@ def versions():
     return versions
 
 
+def tensor_float_32():
+    """Whether float32 convolutions and matrix products may run on TF32 matrix units
+    (NVIDIA GPUs from Ampere on; nothing changes on a CPU), as the backend is set."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            return {"convolutions": bool(torch.backends.cudnn.allow_tf32),
+                    "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+        if backend == "jax":
+            import jax
+
+            precision = jax.config.jax_default_matmul_precision  # None: XLA's default, TF32
+            return {"convolutions": precision in (None, "default", "tensorfloat32", "bfloat16"),
+                    "matmul": precision in (None, "default", "tensorfloat32", "bfloat16"),
+                    "jax_default_matmul_precision": precision}
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            enabled = bool(tf.config.experimental.tensor_float_32_execution_enabled())
+            return {"convolutions": enabled, "matmul": enabled}
+    except Exception:  # a description only
+        pass
+    return None
+
+
 def device_description():
     """What the backend computes on, in words (for the run record and reports)."""
     import keras

@@ -68,6 +68,17 @@ def save_model(model, path):
     _atomic_file(path, model.save)
 
 
+def zip_reads(path):
+    """Whether a .keras file (a zip archive) reads back whole."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
 def write_json(path, value):
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -104,7 +115,13 @@ def read_status(run_dir):
     path = os.path.join(run_dir, "status.json")
     if not os.path.exists(path):
         return None
-    status = read_json(path)
+    try:
+        status = read_json(path)
+        if not isinstance(status, dict) or status.get("status") not in STATUSES:
+            raise ValueError(f"status {status!r}")
+    except (OSError, ValueError) as error:
+        return {"status": "damaged", "reason": f"{path} is damaged ({type(error).__name__}); "
+                                               f"the run's state is read from its other files"}
     if (status.get("status") == "running" and status.get("host") == platform.node()
             and isinstance(status.get("pid"), int) and not _alive(status["pid"])):
         status = {**status, "status": "interrupted",
@@ -121,8 +138,14 @@ def _history_rows(path):
     """history.csv's header and one row per epoch, in order: a repeated header and
     a repeated epoch (two writers, or a crash between writes) are dropped, the
     later row of an epoch kept."""
-    with open(path, newline="") as stream:
-        rows = [row for row in csv.reader(stream) if row]
+    try:
+        with open(path, newline="") as stream:
+            text = stream.read()
+    except UnicodeDecodeError:
+        raise HistoryError(f"{path} is not text; it is not a run history.") from None
+    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    if rows and not text.endswith("\n"):  # a row cut short: its last number may be too
+        rows.pop()
     if not rows:
         return None, []
     header = rows[0]
@@ -167,6 +190,18 @@ def best_epoch(history, monitor):
         return None
     sign = 1 if "loss" in monitor else -1
     return min(pairs, key=lambda pair: (sign * pair[0], pair[1]))
+
+
+def logged_epochs(path):
+    """How many epochs from the first have their row in history.csv, without a gap."""
+    if not os.path.exists(path):
+        return 0
+    _, rows = _history_rows(path)
+    epochs = {int(float(row[0])) for row in rows}
+    count = 0
+    while count in epochs:
+        count += 1
+    return count
 
 
 def truncate_history(path, epochs_done):
