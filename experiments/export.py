@@ -27,8 +27,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run folder or a model.keras (raw pixels in)")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS))
-    parser.add_argument("--out", help="output path (default: beside the model)")
+    parser.add_argument("--out", help="output path (default: beside the model; in the current "
+                                      "folder when the model's folder is read-only)")
     args = parser.parse_args(argv)
+    from experiments.inference import InferenceError, check_path, side_folder
+
+    try:
+        check_path(args.model)
+    except InferenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from training.machine import import_keras
 
     keras = import_keras()
@@ -41,7 +49,7 @@ def main(argv=None):
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
         return subprocess.run([sys.executable, os.path.abspath(__file__),
                                *(argv if argv is not None else sys.argv[1:])], env=env).returncode
-    from experiments.inference import InferenceError, load
+    from experiments.inference import load
 
     try:
         trained = load(args.model)
@@ -49,7 +57,17 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     keras_format, default_name = FORMATS[args.format]
-    out = args.out or os.path.join(os.path.dirname(trained.path), default_name)
+    out = args.out
+    if out is None:
+        folder = side_folder(os.path.dirname(trained.path))
+        if folder is None:  # a read-only run folder: here, named after the run
+            run = os.path.basename(os.path.normpath(trained.run_dir))
+            experiment = os.path.basename(os.path.dirname(os.path.normpath(trained.run_dir)))
+            folder = os.path.abspath(f"{experiment}-{run}")
+            os.makedirs(folder, exist_ok=True)
+            print(f"{os.path.dirname(trained.path)} is read-only: writing to {folder} instead "
+                  f"(--out names another path)")
+        out = os.path.join(folder, default_name)
     import numpy as np
 
     # The exporters trace a model that has been called once.

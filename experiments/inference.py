@@ -27,6 +27,48 @@ class Trained:
         return DATASETS[self.dataset].class_names[self.label_mode]
 
 
+def check_path(path):
+    """Raises InferenceError for a path that does not exist: called before the
+    imports, so that a mistyped folder is named in a second, not after them."""
+    if not os.path.exists(path):
+        raise InferenceError(f"{path} does not exist; pass a run folder (runs/<experiment>/"
+                             f"<run-id>) or its model.keras.")
+
+
+def recorded_data_dir(trained):
+    """The local CIFAR copy the run recorded it trained on, where it is still there."""
+    from training import record
+
+    config_path = os.path.join(trained.run_dir or "", "config.json")
+    if not os.path.exists(config_path):
+        return None
+    try:
+        source = record.read_json(config_path).get("data_source")
+    except (OSError, ValueError):
+        return None
+    if not source or source == "keras.datasets" or not os.path.exists(source):
+        return None
+    if os.path.isdir(source) and os.path.basename(os.path.normpath(source)) in (
+            spec.folder for spec in DATASETS.values()):
+        return os.path.dirname(os.path.normpath(source))  # the folder that holds the batches
+    return source
+
+
+def side_folder(folder, out=None):
+    """Where a tool that only reads a run writes its side files: --out, else the
+    model's folder where it is writable; None when neither is."""
+    import tempfile
+
+    target = out or folder
+    try:
+        os.makedirs(target, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):  # a real write: root passes os.access
+            pass
+    except OSError:
+        return None
+    return target
+
+
 def _run_model(run_dir, data_dir):
     """<run>/model.keras; for a run recorded before runs wrote one, it is made from
     best.keras and the run's normalisation (fitted again on its training images)."""
@@ -54,7 +96,12 @@ def _run_model(run_dir, data_dir):
     _, (x_train, _), _, _ = prepare_data(recipe, options)
     normalizer = recipe.normalization.build().fit(x_train)
     print(f"{run_dir}: writing model.keras from best.keras (recorded before runs wrote one)")
-    return save_inference_model(keras.models.load_model(best, compile=False), normalizer, path)
+    try:
+        return save_inference_model(keras.models.load_model(best, compile=False), normalizer, path)
+    except OSError as error:
+        raise InferenceError(f"{run_dir} was recorded before runs wrote model.keras, and it "
+                             f"cannot be written there ({error.strerror or error}); copy the "
+                             f"folder somewhere writable and pass the copy.") from None
 
 
 def load(path, data_dir=None):

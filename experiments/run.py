@@ -20,6 +20,7 @@ if ROOT not in sys.path:
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
+STOPPED = 3  # stopped at --deadline-s, resumable
 
 
 def parse_args(argv):
@@ -59,6 +60,9 @@ def parse_args(argv):
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard logs (loss, accuracy, lr, epoch seconds) into "
                              "<run>/tensorboard; view with: tensorboard --logdir runs/")
+    parser.add_argument("--deadline-s", type=float, metavar="S",
+                        help="start no epoch that would end more than S seconds from now (judged "
+                             "by the median epoch); the run stops resumable, exit status 3")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved recipe(s) as JSON and exit (loads no data)")
     return parser.parse_args(argv)
@@ -220,6 +224,13 @@ def quick_keeps(args):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
+        import signal
+
+        # `--list | head`: a closed pipe ends the listing quietly, as it does any Unix tool.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        from training.machine import import_keras
+
+        import_keras()  # counting parameters builds networks: without TensorFlow's CUDA probing
         return listing(args.json)
     if not args.name:
         return fail("name an experiment or group (see --list).", USAGE_ERROR)
@@ -228,7 +239,9 @@ def main(argv=None):
 
     import_keras()  # without TensorFlow's CUDA probing on the console
     from plots.run_plots import plot_run
-    from training.engine import RunError, RunOptions, run_directory, train
+    import time
+
+    from training.engine import RunError, RunOptions, RunStopped, run_directory, train
     from training.recipe import RecipeError
     from training.transfer import TransferError
     from data.cifar import DataError
@@ -243,6 +256,8 @@ def main(argv=None):
                              precision=args.precision, input_threads=args.input_threads,
                              data_dir=args.data_dir, quick=args.quick, tensorboard=args.tensorboard,
                              quick_keeps=quick_keeps(args),
+                             deadline=(None if args.deadline_s is None
+                                       else time.time() + args.deadline_s),
                              verbose=1 if sys.stdout.isatty() else 2)
     except RunError as error:
         return fail(str(error), USAGE_ERROR)
@@ -263,6 +278,9 @@ def main(argv=None):
             plot_run(run_directory(recipe, options))
         except (DataError, RecipeError) as error:
             return fail(str(error), USAGE_ERROR if isinstance(error, RecipeError) else RUN_ERROR)
+        except RunStopped as stopped:
+            print(str(stopped), flush=True)
+            return STOPPED
         except (RunError, TransferError) as error:
             if len(recipes) == 1:
                 return fail(str(error), RUN_ERROR)

@@ -192,10 +192,21 @@ def test_evaluate_predict_and_export_a_quick_run(quick_run, shared_cifar10, tmp_
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = [line for line in predicted.stdout.splitlines() if line.startswith(str(tmp_path))]
     assert len(lines) == 2 and all(line.count("%") == 3 for line in lines)
-    shares = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in lines[0].split(": ", 1)[1].split(", ")]
+    scored = lines[0].split(": ", 1)[1].split(" (")[0]  # before the note of what was done
+    shares = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in scored.split(", ")]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.1
+    # Each line says what was done to its image; a square 32x32 RGB one needs nothing.
+    assert lines[0].endswith("(cropped from 200x300 to its centre 200x200; resized from "
+                             "200x200 to 32x32)") and lines[1].endswith("%")
     bad = script("predict.py", run_dir, os.path.join(run_dir, "config.json"))
     assert bad.returncode == 2 and "not an image" in bad.stderr and "Traceback" not in bad.stderr
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(gray)
+    mixed = script("predict.py", run_dir, str(gray), os.path.join(run_dir, "config.json"))
+    assert mixed.returncode == 1 and "Traceback" not in mixed.stderr, mixed.stderr[-2000:]
+    assert mixed.stdout.strip().splitlines()[-1].endswith(
+        "(converted from L to RGB; resized from 64x64 to 32x32)")
+    assert "1 of 2 files were not images: " + os.path.join(run_dir, "config.json") in mixed.stderr
     # From another backend: the SavedModel is written by a TensorFlow child process.
     other = "jax" if os.environ["KERAS_BACKEND"] != "jax" else "torch"
     exported = script("export.py", run_dir, "--format", "saved_model", "--out",
@@ -205,6 +216,57 @@ def test_evaluate_predict_and_export_a_quick_run(quick_run, shared_cifar10, tmp_
     assert os.path.exists(tmp_path / "served" / "saved_model.pb")
     onnx = script("export.py", run_dir, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
     assert onnx.returncode == 0 or "install" in onnx.stderr, onnx.stderr[-2000:]
+
+
+def read_only(folder):
+    """Makes `folder` unwritable, for root too (the immutable flag) where the file
+    system allows it, else by its mode; returns the undo, or skips."""
+    ways = ((lambda: subprocess.run(["chattr", "+i", folder], check=True, capture_output=True),
+             lambda: subprocess.run(["chattr", "-i", folder], capture_output=True)),
+            (lambda: os.chmod(folder, 0o555), lambda: os.chmod(folder, 0o755)))
+    probe = os.path.join(folder, ".probe")
+    for make, undo in ways:
+        try:
+            make()
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        try:
+            open(probe, "w").close()
+        except OSError:
+            return undo
+        os.remove(probe)
+        undo()
+    pytest.skip("no way to make a folder read-only here")
+
+
+def test_tools_that_read_a_run_work_on_a_read_only_folder(quick_run, tmp_path):
+    """evaluate prints its scores and says where nothing could be written (using the
+    data the run recorded); export writes beside the caller instead."""
+    import shutil
+
+    experiment = os.path.basename(os.path.dirname(quick_run[0]))
+    run_dir = str(tmp_path / experiment / "archived")
+    shutil.copytree(quick_run[0], run_dir)
+    undo = read_only(run_dir)
+    try:
+        evaluated = script("evaluate.py", run_dir)
+        assert evaluated.returncode == 0 and "Traceback" not in evaluated.stderr, evaluated.stderr[-2000:]
+        assert "where the run recorded it trained" in evaluated.stdout
+        assert "top-1 " in evaluated.stdout and "is read-only: evaluation.json was not written; " \
+            "pass --out DIR to keep it" in evaluated.stdout
+        kept = script("evaluate.py", run_dir, "--out", str(tmp_path / "scores"))
+        assert kept.returncode == 0 and os.path.exists(tmp_path / "scores" / "evaluation.json")
+        exported = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "export.py"),
+                                   run_dir, "--format", "saved_model"], capture_output=True,
+                                  text=True, cwd=str(tmp_path), timeout=600)
+        assert exported.returncode == 0 and "Traceback" not in exported.stderr, exported.stderr[-2000:]
+        written = tmp_path / f"{experiment}-archived"
+        assert f"is read-only: writing to {written}" in exported.stdout
+        assert os.path.exists(written / "saved_model" / "saved_model.pb")
+        missing = script("evaluate.py", str(tmp_path / "nowhere"))
+        assert missing.returncode == 2 and "does not exist" in missing.stderr
+    finally:
+        undo()
 
 
 def test_tensorboard_logs_hold_the_epoch_scalars(quick_run):
