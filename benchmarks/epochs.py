@@ -38,7 +38,9 @@ def run_epochs(experiment, threads, args, folder):
         command += ["--data-dir", args.data_dir]
     for edit in args.set:
         command += ["--set", edit]
+    started = time.perf_counter()
     child = subprocess.run(command)
+    process_seconds = time.perf_counter() - started  # imports, data, compilation, epochs
     if child.returncode != 0:
         raise SystemExit(f"error: {' '.join(command)} failed (exit {child.returncode}); "
                          "see its messages above.")
@@ -48,7 +50,8 @@ def run_epochs(experiment, threads, args, folder):
     metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
     return {"experiment": experiment, "input_threads": threads,
             "batch_size": config["recipe"]["batch_size"], "precision": args.precision,
-            "train_images": config.get("train_images"),
+            "train_images": config.get("train_images"), "validation": config.get("validation"),
+            "set": list(args.set), "process_seconds": process_seconds,
             "trainable_params": metrics.get("trainable_params"),
             "device": config.get("device"), "backend": config["backend"],
             "versions": config.get("versions"),
@@ -61,8 +64,9 @@ def table(result):
     first = cases[0]
     versions = first.get("versions") or {}
     lines = ["# Full epochs", "",
-             f"Wall time of full epochs through experiments/run.py (the training set, then "
-             f"the test set as validation) on the {first['backend']} backend, "
+             f"Wall time of full epochs through experiments/run.py (the training images, then "
+             f"the validation: {first.get('validation') or 'the test set'}) on the "
+             f"{first['backend']} backend, "
              f"{first['device']}, Keras {versions.get('keras', '?')}, {first['precision']}, "
              f"{result['cpu_count']} CPU cores; {result['date']}. Input seconds are the time "
              "spent building training batches, summed over the input threads."

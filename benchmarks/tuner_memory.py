@@ -3,9 +3,9 @@
     python benchmarks/tuner_memory.py [--search optimizer] [--trials 10]
         [--data-dir P] [--json OUT]
 
-Runs `experiments/tune.py SEARCH --quick --max-trials N` in one process (so
-every trial shares it, as in a real search) and reads the resident memory that
-each trial recorded when it finished. KerasTuner searches are known to grow in
+Runs `experiments/tune.py SEARCH --quick --max-trials N` and reads the search
+process's resident memory that each trial recorded when it finished (each trial
+trains in a process of its own). KerasTuner searches are known to grow in
 memory from trial to trial; the target is that the memory after the last trial
 is at most 1.25 times that after trial 2 (trial 1 also pays for imports and
 the data). Writes JSON and a markdown table into reports/.
@@ -76,9 +76,10 @@ def main(argv=None):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     with tempfile.TemporaryDirectory() as directory:
         trials, seconds = run_search(args.search, args.trials, args.data_dir, directory, backend)
-    finished = [t for t in trials if t.get("resident_mb") is not None]
-    if len({t["process"] for t in finished}) != 1 or len(finished) < 3:
-        raise SystemExit(f"error: expected at least 3 trials from one process; got {finished}")
+    finished = [{**t, "resident_mb": t["search_resident_mb"]} for t in trials
+                if t.get("search_resident_mb") is not None]
+    if len(finished) < 3:
+        raise SystemExit(f"error: expected at least 3 finished trials; got {finished}")
     # Trial ids count up in the order the oracle created them; one process runs them in order.
     finished.sort(key=lambda t: int(t["trial_id"]))
     ratio = finished[-1]["resident_mb"] / finished[1]["resident_mb"]

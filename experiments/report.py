@@ -1,12 +1,13 @@
 """Paper-vs-ours tables and the studies' figures, from run records alone.
 
-    python experiments/report.py [--runs runs/] [--searches searches/] [--out reports/]
-    python experiments/report.py --runs results --readme README.md   # the committed report
+    python experiments/report.py [--runs runs/] [--searches searches/] [--out runs/report/]
+    python experiments/report.py --runs results --out reports --readme README.md   # the published one
 
 Reads every runs/<experiment>/<run-id>/ (config.json, metrics.json,
 history.csv, status.json) and every searches/<search>/results.json that
 tune.py wrote, writes <out>/RESULTS.md and <out>/figures/*.png (each with a
-.json of the numbers it shows). Nothing is retrained; a missing or corrupt
+.json of the numbers it shows): all of them or, on a failure, none. The
+published reports/ is written only when named with --out. Nothing is retrained; a missing or corrupt
 record is named and skipped.
 """
 
@@ -114,6 +115,10 @@ def _distinct(values):
     return ", ".join(dict.fromkeys(str(value) for value in values))
 
 
+SEARCHES_FOLDER = "searches"  # <runs>/searches/: published searches (collect.py --search)
+REPORT_FOLDER = "report"  # runs/report/: a user's own report, beside their runs
+
+
 def load_runs(runs_dir):
     """(runs, problems): every completed run record, and a line per skipped folder."""
     runs, problems = [], []
@@ -121,7 +126,7 @@ def load_runs(runs_dir):
         return runs, [f"{runs_dir}: no such folder (train something with experiments/run.py first)"]
     for experiment in sorted(os.listdir(runs_dir)):
         folder = os.path.join(runs_dir, experiment)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or experiment in (SEARCHES_FOLDER, REPORT_FOLDER):
             continue
         for run_id in sorted(os.listdir(folder)):
             path = os.path.join(folder, run_id)
@@ -130,6 +135,10 @@ def load_runs(runs_dir):
             where = f"{experiment}/{run_id}"  # named as under any --runs folder
             try:
                 status = record.read_status(path) or {}
+                if status.get("status") == "damaged":
+                    problems.append(f"{where}: status.json is damaged, skipped (rerun the run's "
+                                    f"command: it rewrites the status from the other files)")
+                    continue
                 if status.get("status") != "completed":
                     problems.append(f"{where}: status {status.get('status', 'missing')}, skipped")
                     continue
@@ -146,9 +155,12 @@ def load_runs(runs_dir):
             # a deliberately short run says so in its recipe (--epochs).
             planned = config.get("recipe", {}).get("epochs")
             stops_early = bool(config.get("recipe", {}).get("early_stopping"))
-            if planned and len(history) < planned and not stops_early:
-                problems.append(f"{where}: {len(history)} of its recipe's {planned} epochs in "
-                                f"history.csv, skipped (rerun its command to finish it)")
+            if (planned and len(history) < planned and not stops_early) or (
+                    metrics.get("epochs_run") not in (None, len(history))):
+                problems.append(f"{where}: {len(history)} of its {metrics.get('epochs_run') or planned} "
+                                f"epochs' rows in history.csv, though the run finished, skipped "
+                                f"(the rows are lost with the finished run's backup: train it "
+                                f"again with run.py --run-id NAME)")
                 continue
             runs.append(Run(experiment, run_id, path, config, metrics, history))
     return runs, problems
@@ -292,6 +304,91 @@ def load_searches(searches_dir):
     return searches, problems
 
 
+def _base_value(recipe, key):
+    """The base recipe's value at a --set key ("model_args.l2"); a model argument the
+    recipe leaves out is its builder's default."""
+    import inspect
+
+    from models.registry import MODELS
+
+    value = recipe.to_dict()
+    parts = key.split(".")
+    for index, part in enumerate(parts):
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        elif parts[0] == "model_args" and index == 1:
+            builder = MODELS[recipe.model].builder
+            for function in (builder, getattr(builder, "forwards_to", None)):
+                parameter = inspect.signature(function).parameters.get(part) if function else None
+                if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                    return parameter.default
+            return None
+        else:
+            return None
+    return value
+
+
+def _short(value):
+    """A hyperparameter or recipe value in a table cell."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "op" in v for v in value):
+        return " + ".join(", ".join(f"{k} {v}" for k, v in op.items() if k != "op").join(
+            (f"{op['op']} (", ")")) if len(op) > 1 else op["op"] for op in value)
+    if value == []:
+        return "none"
+    return str(value)
+
+
+def search_details(search):
+    """A search's own subsection: its cost, the best configuration against the base
+    recipe, and every trial."""
+    import json
+
+    trials = search["trials"]
+    trained = [t for t in trials if t["status"] == "completed" and t["score"] is not None]
+    if not trained:
+        return []
+    best = max(trained, key=lambda t: t["score"])
+    epochs = sum(t["epochs"] or 0 for t in trials)
+    seconds = sum(t["seconds"] or 0.0 for t in trials)
+    hardware = sorted({f"{t['device']}, {t['backend']}" for t in trials if t.get("device")})
+    subset = ", ".join(f"`{edit}`" for edit in search.get("subset", []))
+    lines = [f"### Search {search['search']}", "",
+             f"Base `{search['base']}`, {search.get('tuner', '?')} oracle"
+             + (f" (at most {search['max_epochs']} epochs a trial)" if search.get("max_epochs") else "")
+             + (f"; every trial {subset}: it trains on a subset and is scored on images "
+                "held out of the training set, never on the test set" if subset else "")
+             + f". Cost: {len(trials)} trials, {epochs} epochs, {seconds / 3600:.2f} training hours"
+             + (f" on {'; '.join(hardware)}" if hardware else "") + ".", "",
+             f"Best: trial {best['trial_id']}, {100 * best['score']:.2f}% validation accuracy "
+             f"after {best['epochs']} epochs. Its recipe against the base's:", "",
+             "| recipe field | base | best trial |", "|---|---|---|"]
+    recipe = EXPERIMENTS.get(search["base"])
+    for edit in best["edits"]:
+        key, _, text = edit.partition("=")
+        if key == "epochs":
+            continue
+        base = _short(_base_value(recipe, key)) if recipe else "-"
+        lines.append(f"| {key} | {base} | {_short(json.loads(text))} |")
+    names = sorted({k for t in trained for k in t["hyperparameters"] if not k.startswith("tuner/")})
+    lines += ["", "Trials, best first (a Hyperband trial's score is after its own epochs):", "",
+              "| trial | " + " | ".join(names) + " | validation % | epochs | seconds |",
+              "|---" * (len(names) + 1) + "|---:|---:|---:|"]
+    for t in sorted(trained, key=lambda t: (-t["score"], t["trial_id"])):
+        values = [_short(t["hyperparameters"].get(n, "-")) for n in names]
+        lines.append(f"| {t['trial_id']} | " + " | ".join(values)
+                     + f" | {100 * t['score']:.2f} | {t['epochs']} | {t['seconds']:.0f} |")
+    figures = [f"search_{search['search']}_best_so_far.png"] + [
+        f"search_{search['search']}_{n}.png" for n in names]
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures) + ".", ""]
+    return lines
+
+
 def results_markdown(summary, problems, searches=(), parity=()):
     lines = ["# Results", "",
              "Generated by `python experiments/report.py` from the run records. Accuracies are "
@@ -372,6 +469,8 @@ def results_markdown(summary, problems, searches=(), parity=()):
                 + (f"{100 * best['score']:.2f} | {best['trainable_params']:,} | "
                    f"`{search.get('best_command') or '-'}` |" if best else "- | - | - |"))
         lines.append("")
+        for search in searches:
+            lines += search_details(search)
     if parity:
         lines += ["## Parity with the authors' training loops", "",
                   "`benchmarks/parity.py`: the suite's recipe and the paper's own PyTorch loop "
@@ -449,6 +548,11 @@ def readme_table(summary):
 def update_readme(path, table, parity=None):
     """Replaces the text between README_START and README_END in `path` with `table`
     (and between the parity markers with `parity`, where given)."""
+    record.atomic_write_text(path, updated_readme(path, table, parity))
+
+
+def updated_readme(path, table, parity=None):
+    """update_readme's new text, written nowhere; ValueError where a block is missing."""
     with open(path) as stream:
         text = stream.read()
     blocks = [(README_START, README_END, table)] + (
@@ -459,7 +563,7 @@ def update_readme(path, table, parity=None):
             raise ValueError(f"{path} has no block for it; put the lines {first!r} and "
                              f"{last!r} where the table goes.")
         text = text[:start + len(first)] + "\n" + content + "\n" + text[end:]
-    record.atomic_write_text(path, text)
+    return text
 
 
 def parse_args(argv):
@@ -468,9 +572,11 @@ def parse_args(argv):
     # whatever the working directory.
     parser.add_argument("--runs", help="folder of run records (default runs/)")
     parser.add_argument("--searches", help="folder of tune.py searches (default searches/ when "
-                                           "--runs is the default; none when --runs is named)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "reports"),
-                        help="where RESULTS.md and figures/ go (default reports/)")
+                                           "--runs is the default; <runs>/searches/ when "
+                                           "--runs is named)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", REPORT_FOLDER),
+                        help="where RESULTS.md and figures/ go (default runs/report/; the "
+                             "published reports/ only when named)")
     parser.add_argument("--parity", default=os.path.join(ROOT, "reports"),
                         help="folder of benchmarks/parity.py results (default reports/)")
     parser.add_argument("--readme", metavar="README.md",
@@ -480,7 +586,8 @@ def parse_args(argv):
     # A report of named records (--runs results/) is made from them alone: the
     # repository's searches/ joins only the default report, or when named.
     if args.runs is not None and args.searches is None:
-        args.searches = ""
+        published = os.path.join(args.runs, SEARCHES_FOLDER)
+        args.searches = published if os.path.isdir(published) else ""
     # A folder named on the command line must exist: a mistyped one would otherwise
     # replace RESULTS.md with a report of no runs. The default folders may be absent
     # (nothing trained yet), and the report still gives the papers' numbers and schedules.
@@ -523,21 +630,38 @@ def main(argv=None):
 
 
 def write_report(args, runs, problems, searches):
-    """main()'s writing, once the output folder is this process's."""
+    """main()'s writing, once the output folder is this process's: everything is made
+    in a staging folder beside it and moved in only once all of it is made."""
+    import shutil
+    import tempfile
+
     from plots.report_figures import write_figures
 
     summary = summarise(runs)
     parity = load_parity(args.parity)
-    record.atomic_write_text(os.path.join(args.out, "RESULTS.md"),
-                             results_markdown(summary, problems, searches, parity))
-    record.write_json(os.path.join(args.out, "results.json"), summary)
-    figures = write_figures(runs, os.path.join(args.out, "figures"), EXPERIMENTS, GROUPS, searches)
+    readme = None
     if args.readme:
         try:
-            update_readme(args.readme, readme_table(summary), parity_table(parity))
+            readme = updated_readme(args.readme, readme_table(summary), parity_table(parity))
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    staging = tempfile.mkdtemp(prefix=".report-", dir=args.out)
+    try:
+        record.atomic_write_text(os.path.join(staging, "RESULTS.md"),
+                                 results_markdown(summary, problems, searches, parity))
+        record.write_json(os.path.join(staging, "results.json"), summary)
+        os.makedirs(os.path.join(staging, "figures"))
+        figures = write_figures(runs, os.path.join(staging, "figures"), EXPERIMENTS, GROUPS,
+                                searches)
+        for folder, _, names in os.walk(staging):
+            for name in names:
+                made = os.path.join(folder, name)
+                os.replace(made, os.path.join(args.out, os.path.relpath(made, staging)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if readme is not None:
+        record.atomic_write_text(args.readme, readme)
     print(f"{len(runs)} runs of {len({r.experiment for r in runs})} experiments -> "
           f"{os.path.join(args.out, 'RESULTS.md')} and {len(figures)} figures")
     return 0

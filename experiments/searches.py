@@ -5,12 +5,19 @@ on a `keras_tuner.HyperParameters` and returns the recipe edits they mean, as
 the `--set key=value` strings run.py takes. A trial is then an ordinary run of
 the edited recipe (same data, engine and run record), and the best trial's
 edits are a command that trains it in full.
+
+Every search selects on a validation split carved from the training set
+(`SELECTION`): trials never score the test set, which only the retrained best
+recipe touches, once, at its end.
 """
 
 import dataclasses
 import json
 
 BUDGET = 5_000_000  # trainable parameters: the competition the papers entered
+# Trials train on the first 10,000 of the 45,000 training images left after 5,000
+# are held out (seeded by --seed) to score them.
+SELECTION = ("val_split=5000", "train_images=10000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +27,9 @@ class Search:
     define: object  # hp -> list of "key=value" edits
     budget: int = None  # maximum trainable parameters; None: no limit
     description: str = ""
+    subset: tuple = SELECTION  # edits every trial gets: the selection split and subset
+    tuner: str = "random"  # tune.py's default oracle for this search
+    epochs: int = None  # tune.py's default epochs per trial (hyperband: the most); None: the base's
 
 
 def _set(key, value):
@@ -64,6 +74,25 @@ def optimizer(hp):
     return edits
 
 
+def cnn_regularization(hp):
+    """Paper 004's hand-tuned VGG CNN: the dropout after each block and before the head,
+    L2 (the paper names it, its code has none), the shift and flip, learning rate, batch."""
+    pool_dropout = [round(hp.Float(f"dropout_{block}", 0.0, 0.5, step=0.1), 4)
+                    for block in (1, 2, 3)]
+    augment = []
+    shift = round(hp.Float("shift", 0.0, 0.2, step=0.05), 4)
+    if shift:
+        augment.append({"op": "shift", "fraction": shift})
+    if hp.Boolean("hflip", default=True):
+        augment.append({"op": "hflip", "p": 0.5})
+    return [_set("model_args.pool_dropout", pool_dropout),
+            _set("model_args.dense_dropout", round(hp.Float("dense_dropout", 0.0, 0.6, step=0.1), 4)),
+            _set("model_args.l2", hp.Float("l2", 1e-6, 1e-2, sampling="log")),
+            _set("augment", augment),
+            _set("optimizer.learning_rate", hp.Float("learning_rate", 3e-4, 0.1, sampling="log")),
+            _set("batch_size", hp.Choice("batch_size", [32, 64, 128, 256]))]
+
+
 def mobilenetv2_expansion(hp):
     """Paper 000's MobileNetV2: the expansion factor and the second row's stride."""
     stride = hp.Choice("row2_stride", [1, 2])
@@ -79,4 +108,9 @@ SEARCHES = {search.name: search for search in (
     Search("optimizer", "resnet20", optimizer, None, "optimizers on a fixed ResNet-20"),
     Search("mobilenetv2_expansion", "mobilenetv2", mobilenetv2_expansion, BUDGET,
            "paper 000's expansion factor and second-row stride"),
+    # Hyperband: most of ten configurations cost one or three epochs, and the few
+    # that lead get nine; a Bayesian search would pay nine epochs for every one.
+    Search("cnn_regularization", "cnn_regularized", cnn_regularization, None,
+           "paper 004's hand-tuned VGG CNN: dropout, L2, augmentation, learning rate, batch",
+           tuner="hyperband", epochs=9),
 )}

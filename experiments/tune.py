@@ -2,11 +2,13 @@
 
     python experiments/tune.py SEARCH [--tuner random|bayesian|hyperband] [--max-trials N]
         [--epochs N] [--directory searches/] [--data-dir P] [--quick] [--workers N] [--seed N]
+    python experiments/tune.py SEARCH --plan [--times reports/epochs_cpu.json]
     python experiments/tune.py --list
 
 Each trial is a run of the search's base experiment with the trial's edits,
 through the same engine as run.py (its run record lands in
-<directory>/<search>/runs/). KerasTuner's oracle and project files live in
+<directory>/<search>/runs/), on the search's subset: trials select on images held
+out of the training set and never score the test set. KerasTuner's oracle and project files live in
 <directory>/<search>/; rerunning the same command resumes: finished trials are
 kept and an interrupted one continues from its last finished epoch.
 
@@ -41,12 +43,19 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="KerasTuner searches over the suite's recipes.")
     parser.add_argument("search", nargs="?", help="search name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the searches")
-    parser.add_argument("--tuner", default="random", choices=TUNERS,
-                        help="KerasTuner's oracle (default: random)")
+    parser.add_argument("--tuner", choices=TUNERS,
+                        help="KerasTuner's oracle (default: the search's, see --list)")
     parser.add_argument("--max-trials", type=int, default=20,
                         help="trials to run (random, bayesian; default 20); hyperband sizes itself")
     parser.add_argument("--epochs", type=int,
-                        help="epochs per trial (hyperband: the maximum); default: the base recipe's")
+                        help="epochs per trial (hyperband: the maximum); default: the search's, "
+                             "else the base recipe's")
+    parser.add_argument("--plan", action="store_true",
+                        help="print what the search would cost (trials, epochs, hours) from "
+                             "measured epoch times, and train nothing")
+    parser.add_argument("--times", default=os.path.join(ROOT, "reports", "epochs_cpu.json"),
+                        help="the measured epoch times --plan reads (default: "
+                             "reports/epochs_cpu.json, this suite's 2-core CPU)")
     parser.add_argument("--directory", default=os.path.join(ROOT, "searches"),
                         help="where searches go (default: the repository's searches/); "
                              "rerun to resume")
@@ -72,6 +81,20 @@ def fail(message, code):
 
 def search_dir(args):
     return os.path.join(args.directory, args.search)
+
+
+def trial_edits(args):
+    """The edits every trial of this search gets: its selection subset, then --set."""
+    return list(SEARCHES[args.search].subset) + list(args.set)
+
+
+def resolve_defaults(args):
+    """The search's own oracle and epochs where the command names none."""
+    search = SEARCHES[args.search]
+    args.tuner = args.tuner or search.tuner
+    if args.epochs is None:
+        args.epochs = search.epochs
+    return args
 
 
 def resident_megabytes():
@@ -118,26 +141,36 @@ def run_trial_process(args, edits, runs_dir, run_id):
     users report. The child resumes an interrupted run like run.py does."""
     import keras_tuner
 
-    spec = {"base": SEARCHES[args.search].base, "edits": list(args.set) + list(edits),
+    spec = {"base": SEARCHES[args.search].base, "edits": trial_edits(args) + list(edits),
             "runs_dir": runs_dir, "run_id": run_id, "seed": args.seed,
             "data_dir": args.data_dir, "quick": args.quick, "parent_pid": os.getpid()}
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--trial", json.dumps(spec)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-    if result.returncode == FATAL_EXIT:
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--trial",
+                                  json.dumps(spec)], stdout=subprocess.DEVNULL, stderr=errors,
+                                 text=True)
+        # wait4: this child's own exit status and peak memory (not the search's)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        stderr = errors.read()
+    message = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    if child.returncode == FATAL_EXIT:
         raise keras_tuner.errors.FatalError(message.removeprefix("error: "))
-    if result.returncode == 130 or result.returncode == -2:
+    if child.returncode == 130 or child.returncode == -2:
         raise KeyboardInterrupt
     from training import record
 
     run_dir = os.path.join(runs_dir, SEARCHES[args.search].base, run_id)
-    if result.returncode != 0:
-        reason = f"the trial's process exited with {result.returncode}: {result.stderr[-2000:]}"
+    if child.returncode != 0:
+        reason = f"the trial's process exited with {child.returncode}: {stderr[-2000:]}"
         info = record.read_json(os.path.join(run_dir, "trial.json"))
         record.write_json(os.path.join(run_dir, "trial.json"),
                           {**info, "status": "failed", "reason": reason})
         raise RuntimeError(f"trial {run_id}: {reason}")
-    return record.read_json(os.path.join(run_dir, "metrics.json"))
+    process = {"process": child.pid, "resident_mb": round(usage.ru_maxrss / 2**10, 1)}  # KiB
+    return record.read_json(os.path.join(run_dir, "metrics.json")), process
 
 
 def train_trial(spec):
@@ -152,7 +185,7 @@ def train_trial(spec):
         recipe = apply_overrides(EXPERIMENTS[spec["base"]], spec["edits"])
         options = RunOptions(output_dir=spec["runs_dir"], run_id=spec["run_id"],
                              seed=spec["seed"], data_dir=spec["data_dir"], quick=spec["quick"],
-                             verbose=0)
+                             verbose=0, score_test=False)
         train(recipe, options)
         plot_run(run_directory(recipe, options))
     except (DataError, RecipeError, RunError) as error:
@@ -174,12 +207,13 @@ def make_tuner(args):
     from training.recipe import apply_overrides
 
     search = SEARCHES[args.search]
-    base = apply_overrides(EXPERIMENTS[search.base], args.set)
+    base = apply_overrides(EXPERIMENTS[search.base], trial_edits(args))
     objective = keras_tuner.Objective("val_accuracy", direction="max")
     epochs = args.epochs or (2 if args.quick else base.epochs)
     # A trial whose process dies (the OOM killer, a lost device) gets one more try,
     # which resumes its run; the first failure stays in its trial.json.
-    common = dict(seed=args.seed, max_retries_per_trial=1)
+    # KerasTuner reads seed 0 as "unseeded" (`seed or randint`): the oracle gets --seed + 1.
+    common = dict(seed=args.seed + 1, max_retries_per_trial=1)
     if args.tuner == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(objective, max_epochs=epochs, factor=3,
                                                      hyperband_iterations=1, **common)
@@ -228,10 +262,10 @@ def make_tuner(args):
             if earlier.get("status") == "failed":
                 info["earlier_failure"] = earlier.get("reason")
             record.write_json(trial_file, {**info, "status": "running"})
-            metrics = run_trial_process(args, edits, runs_dir, f"trial_{trial.trial_id}")
+            metrics, process = run_trial_process(args, edits, runs_dir, f"trial_{trial.trial_id}")
             record.write_json(os.path.join(run_dir, "trial.json"),
-                              {**info, "status": "completed", "resident_mb": resident_megabytes(),
-                               "process": os.getpid()})
+                              {**info, "status": "completed", **process,
+                               "search_resident_mb": resident_megabytes()})
             return {"val_accuracy": metrics["best_val_accuracy"]}
 
         def on_trial_end(self, trial):
@@ -276,6 +310,8 @@ def collect_results(args):
             os.path.join(run_dir, "trial.json")) else {}
         metrics = record.read_json(os.path.join(run_dir, "metrics.json")) if os.path.exists(
             os.path.join(run_dir, "metrics.json")) else {}
+        config = record.read_json(os.path.join(run_dir, "config.json")) if os.path.exists(
+            os.path.join(run_dir, "config.json")) else {}
         status = info.get("status") or saved.get("status", "").lower()
         if saved.get("status") in ("FAILED", "INVALID"):
             status = "failed"
@@ -290,9 +326,12 @@ def collect_results(args):
             "edits": info.get("edits", []),
             "reason": info.get("reason"),  # why a trial failed
             "earlier_failure": info.get("earlier_failure"),  # a failure its retry overcame
-            "resident_mb": info.get("resident_mb"),  # of the process that ran it, at its end
-            "process": info.get("process"),
-            "run_dir": run_dir,
+            "resident_mb": info.get("resident_mb"),  # the trial process's peak
+            "process": info.get("process"),  # the trial process's id
+            "search_resident_mb": info.get("search_resident_mb"),  # the search's, after it
+            "device": config.get("device"),
+            "backend": config.get("backend"),
+            "run_dir": os.path.relpath(run_dir, folder),  # the folder moves whole (collect.py)
         })
     return trials
 
@@ -346,12 +385,14 @@ def write_outputs(args):
     trials = collect_results(args)
     record.write_json(os.path.join(folder, "results.json"),
                       {"search": args.search, "base": search.base, "tuner": args.tuner,
-                       "budget": search.budget, "quick": args.quick, "trials": trials})
+                       "budget": search.budget, "quick": args.quick,
+                       "subset": trial_edits(args), "max_epochs": args.epochs,
+                       "log_scale": sorted(log_sampled(args)), "trials": trials})
     completed = [t for t in trials if t["status"] == "completed" and t["score"] is not None]
     if not completed:
         return None
     best = max(completed, key=lambda t: t["score"])
-    source = os.path.join(best["run_dir"], "best.keras")
+    source = os.path.join(folder, best["run_dir"], "best.keras")
     if os.path.exists(source):
         partial = os.path.join(folder, ".best.partial.keras")
         shutil.copyfile(source, partial)
@@ -388,6 +429,76 @@ def write_outputs(args):
                      "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
                    log_x=name in logarithmic)
     return best
+
+
+def trial_schedule(tuner, epochs, max_trials):
+    """[(trials, epochs each)] that the oracle asks for: Hyperband's rounds, from
+    KerasTuner's own bracket arithmetic (an upper bound: a repeated configuration
+    is skipped), or max_trials trials of `epochs`."""
+    if tuner != "hyperband":
+        return [(max_trials, epochs)]
+    import keras_tuner
+
+    oracle = keras_tuner.oracles.HyperbandOracle(
+        keras_tuner.Objective("val_accuracy", "max"), max_epochs=epochs, factor=3)
+    return [(oracle._get_size(bracket, round_number), oracle._get_epochs(bracket, round_number))
+            for bracket in reversed(range(oracle._get_num_brackets()))
+            for round_number in range(oracle._get_num_rounds(bracket))]
+
+
+def measured_epoch(times, experiment, train_images):
+    """(seconds a steady epoch, seconds a trial spends outside its steady epochs,
+    the case) from an epochs.py JSON, scaled to `train_images`; None if unmeasured."""
+    cases = [case for case in times.get("cases", []) if case["experiment"] == experiment]
+    if not cases:
+        return None
+    case = min(cases, key=lambda c: abs(c["train_images"] - train_images))
+    later = case["epochs"][1:] or case["epochs"]
+    epoch = sum(row["seconds"] for row in later) / len(later)
+    start = case.get("process_seconds", 0.0) - epoch * len(case["epochs"])
+    return epoch * train_images / case["train_images"], max(start, 0.0), case
+
+
+def print_plans(args, names):
+    """--plan: each search's trials, epochs and hours from measured epoch times."""
+    from experiments.recipes import EXPERIMENTS
+    from training import record
+    from training.recipe import RecipeError, apply_overrides
+
+    if not os.path.exists(args.times):
+        return fail(f"no measured epoch times at {args.times}; measure them with: python "
+                    f"benchmarks/epochs.py --models {' '.join(SEARCHES[n].base for n in names)} "
+                    f"--input-threads 0 --set val_split=5000 --set train_images=10000 "
+                    f"--json {args.times}", USAGE_ERROR)
+    times = record.read_json(args.times)
+    first = (times.get("cases") or [{}])[0]
+    print(f"Measured epoch times: {args.times} ({first.get('device', '?')}, "
+          f"{first.get('backend', '?')} backend, {times.get('date', '?')}).")
+    for name in names:
+        search = SEARCHES[name]
+        tuner = args.tuner or search.tuner
+        epochs = args.epochs or search.epochs
+        try:
+            base = apply_overrides(EXPERIMENTS[search.base], list(search.subset) + list(args.set))
+        except RecipeError as error:
+            return fail(str(error), USAGE_ERROR)
+        epochs = epochs or base.epochs
+        if args.quick:
+            epochs = args.epochs or 2
+        schedule = trial_schedule(tuner, epochs, args.max_trials)
+        trials = sum(count for count, _ in schedule)
+        trial_epochs = sum(count * each for count, each in schedule)
+        measured = measured_epoch(times, search.base, base.train_images or 50_000 - base.val_split)
+        head = (f"{name} ({tuner}, base {search.base}, {base.train_images:,} training and "
+                f"{base.val_split:,} validation images): {trials} trials, {trial_epochs} epochs")
+        if measured is None:
+            print(f"{head}; no measured epoch time for {search.base} in {args.times}.")
+            continue
+        epoch, start, case = measured
+        seconds = trial_epochs * epoch + trials * start
+        print(f"{head}; {epoch:.0f} s an epoch at batch {case['batch_size']} and {start:.0f} s "
+              f"to start each trial -> {seconds / 3600:.1f} h")
+    return 0
 
 
 def free_port():
@@ -433,8 +544,11 @@ def main(argv=None):
     if args.list:
         for search in SEARCHES.values():
             budget = f", budget {search.budget:,} parameters" if search.budget else ""
-            print(f"{search.name:24s} base {search.base}{budget}: {search.description}")
+            print(f"{search.name:24s} base {search.base}, {search.tuner}{budget}: "
+                  f"{search.description}")
         return 0
+    if args.plan and args.search is None:
+        return print_plans(args, list(SEARCHES))
     if args.search not in SEARCHES:
         close = difflib.get_close_matches(args.search or "", list(SEARCHES), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -447,13 +561,19 @@ def main(argv=None):
         return fail(f"--workers must be >= 0; got {args.workers}.", USAGE_ERROR)
     if not 0 <= args.seed < 2**32:
         return fail(f"--seed must be a whole number in [0, 2**32); got {args.seed}.", USAGE_ERROR)
+    resolve_defaults(args)
+    if args.plan:
+        return print_plans(args, [args.search])
     from experiments.recipes import EXPERIMENTS
     from training.recipe import RecipeError, apply_overrides
 
     try:
-        base = apply_overrides(EXPERIMENTS[SEARCHES[args.search].base], args.set)
+        base = apply_overrides(EXPERIMENTS[SEARCHES[args.search].base], trial_edits(args))
     except RecipeError as error:
         return fail(str(error), USAGE_ERROR)
+    if not base.val_split:
+        return fail("a search selects on images held out of the training set, never on the "
+                    "test set; drop the --set that made val_split 0.", USAGE_ERROR)
     from data.cifar import DataError, ensure_available
 
     try:  # before any trial starts: a trial that cannot load its data is left "running"

@@ -88,10 +88,14 @@ def kth_vgg3(num_classes=10, *, dropout=0.0, l2=0.0):
 
 
 @register("kth_vgg3_bn_dropout", paper="004")
-def kth_vgg3_bn_dropout(num_classes=10):
-    """DropoutAugemntantationBN: BN after every ReLU, dropout 0.2/0.3/0.4 + 0.5."""
-    return vgg_cnn(num_classes, blocks=3, norm="batch", pool_dropout=(0.2, 0.3, 0.4),
-                   dense_dropout=0.5, name="kth_vgg3_bn_dropout")
+def kth_vgg3_bn_dropout(num_classes=10, *, pool_dropout=(0.2, 0.3, 0.4), dense_dropout=0.5,
+                        l2=0.0):
+    """DropoutAugemntantationBN: BN after every ReLU, dropout 0.2/0.3/0.4 + 0.5 (the
+    defaults; the cnn_regularization search varies them and adds L2)."""
+    if not isinstance(pool_dropout, (list, tuple)) or len(pool_dropout) != 3:
+        raise ValueError(f"pool_dropout must list one rate per block (3); got {pool_dropout!r}.")
+    return vgg_cnn(num_classes, blocks=3, norm="batch", pool_dropout=tuple(pool_dropout),
+                   dense_dropout=dense_dropout, l2=l2, name="kth_vgg3_bn_dropout")
 
 
 @register("kth_norm_cnn", paper="004")

@@ -234,10 +234,51 @@ def search_frontiers(searches, out):
     return paths
 
 
+def search_scores(searches, out):
+    """Per search: the best score so far by trial, and the score against each
+    hyperparameter (a log axis where the search sampled it on one)."""
+    paths = []
+    ylabel = "best validation accuracy (%)"
+    for search in searches:
+        name = search["search"]
+        trained = sorted((t for t in search["trials"]
+                          if t["status"] == "completed" and t["score"] is not None),
+                         key=lambda t: int(t["trial_id"]))
+        if not trained:
+            continue
+        best, running = [], None
+        for trial in trained:
+            running = max(running or 0.0, 100 * trial["score"])
+            best.append(running)
+        order = list(range(1, len(trained) + 1))
+        paths.append(line_chart(
+            os.path.join(out, f"search_{name}_best_so_far.png"),
+            f"Search {name}: best score so far", "trials finished", ylabel,
+            [{"label": "trial", "x": order, "y": [100 * t["score"] for t in trained],
+              "style": {"color": COLORS["train"], "marker": "o", "linestyle": "none", "alpha": 0.6}},
+             {"label": "best so far", "x": order, "y": best,
+              "style": {"color": COLORS["validation"], "drawstyle": "steps-post"}}]))
+        names = sorted({k for t in trained for k in t["hyperparameters"] if not k.startswith("tuner/")})
+        for hp in names:
+            points = [(t["hyperparameters"][hp], 100 * t["score"]) for t in trained
+                      if hp in t["hyperparameters"]]
+            if any(isinstance(v, (str, bool)) for v, _ in points):
+                points = sorted((str(v), score) for v, score in points)
+            paths.append(line_chart(
+                os.path.join(out, f"search_{name}_{hp}.png"), f"Search {name}: {hp} against score",
+                hp, ylabel, [{"label": "trials", "x": [v for v, _ in points],
+                              "y": [score for _, score in points],
+                              "style": {"color": COLORS["train"], "marker": "o",
+                                        "linestyle": "none"}}],
+                log_x=hp in search.get("log_scale", ())))
+    return paths
+
+
 def write_figures(runs, out, experiments, groups, searches=()):
     """Every figure; `experiments` and `groups` are the recipes and groups by name
     (experiments.recipes), which give the papers' numbers and the studies' members."""
     chosen = representative(runs)
     return (group_curves(chosen, out, groups) + progression_bars(runs, chosen, out, experiments, groups)
             + noise_figures(runs, out) + resnet5m_scatter(runs, chosen, out, experiments, groups)
-            + schedule_figures(out, experiments) + search_frontiers(searches, out))
+            + schedule_figures(out, experiments) + search_frontiers(searches, out)
+            + search_scores(searches, out))

@@ -89,11 +89,16 @@ def write_search(searches):
         {"trial_id": "04", "status": "failed", "score": None, "trainable_params": 2_000_000},
         {"trial_id": "05", "status": "completed", "score": 0.50, "trainable_params": 500_000},
     ]
-    for trial in trials:
-        trial.update(hyperparameters={}, epochs=2, seconds=10.0, edits=[], run_dir="")
+    for index, trial in enumerate(trials):
+        rate = 0.001 * 10 ** (index % 3)
+        trial.update(hyperparameters={"dropout": index / 10, "learning_rate": rate}, epochs=2,
+                     seconds=10.0, run_dir="", device="a CPU", backend="torch",
+                     edits=[f"model_args.dropout={index / 10}",
+                            f"optimizer.learning_rate={rate}", "epochs=2"])
     record.write_json(os.path.join(folder, "results.json"),
                       {"search": "resnet_budget", "base": "resnet5m_row6", "tuner": "random",
-                       "budget": 5_000_000, "quick": True, "trials": trials})
+                       "budget": 5_000_000, "quick": True, "log_scale": ["learning_rate"],
+                       "subset": ["val_split=5000"], "trials": trials})
     with open(os.path.join(folder, "best_command.txt"), "w") as stream:
         stream.write("python experiments/run.py resnet5m_row6 --set 'model_args.dropout=0.1'\n")
     os.makedirs(os.path.join(searches, "broken"))
@@ -125,6 +130,22 @@ def test_report_writes_tables_and_figures_from_the_records(runs, tmp_path):
     search_row = next(line for line in text.splitlines() if line.startswith("| resnet_budget |"))
     assert "| random | 2 (quick) | 4 | 1 | 1 | 80.00 | 4,000,000 |" in search_row
     assert "model_args.dropout=0.1" in search_row
+    # Its own section: the cost, the best trial's recipe against the base's, every trial.
+    section = text.split("### Search resnet_budget")[1].split("## ")[0]
+    assert "Cost: 6 trials, 12 epochs, 0.02 training hours on a CPU, torch." in section
+    assert "`val_split=5000`" in section and "never on the test set" in section
+    assert "Best: trial 03, 80.00% validation accuracy after 2 epochs." in section
+    assert "| model_args.dropout | 0 | 0.3 |" in section  # the builder's default
+    assert "| optimizer.learning_rate | 0.01 | 0.001 |" in section  # the recipe's
+    assert "epochs" not in section.split("| recipe field |")[1].split("Trials,")[0]
+    trial_rows = [line for line in section.splitlines() if line.startswith("| 0")]
+    assert [row.split(" | ")[0] for row in trial_rows] == ["| 03", "| 02", "| 00", "| 05"]
+    assert trial_rows[0] == "| 03 | 0.3 | 0.001 | 80.00 | 2 | 10 |"
+    best_so_far = json.load(open(os.path.join(out, "figures", "search_resnet_budget_best_so_far.json")))
+    assert best_so_far["series"][1]["y"] == [60.0, 70.0, 80.0, 80.0]
+    rate_figure = json.load(open(os.path.join(out, "figures", "search_resnet_budget_learning_rate.json")))
+    assert rate_figure["xscale"] == "log"
+    assert json.load(open(os.path.join(out, "figures", "search_resnet_budget_dropout.json")))["xscale"] == "linear"
 
     figures = os.path.join(out, "figures")
     expected = {"cnn_progression_accuracy", "cnn_progression_loss", "cnn_progression_best",
@@ -232,14 +253,38 @@ def test_figures_say_which_set_validated_and_which_runs_were_not_full(tmp_path):
 
 def test_report_defaults_are_the_folders_run_py_writes(tmp_path, monkeypatch):
     """Run from another working directory, the report still reads the repository's runs/
-    and searches/ (where run.py and tune.py write) and writes its reports/."""
+    and searches/ (where run.py and tune.py write), and writes beside them in
+    runs/report/: the published reports/ only when named."""
     from experiments import report, run, tune
 
     monkeypatch.chdir(tmp_path)
     defaults = report.parse_args([])
     assert defaults.runs == run.parse_args(["resnet20"]).output_dir
     assert defaults.searches == tune.parse_args(["optimizer"]).directory
-    assert defaults.out == os.path.join(ROOT, "reports")
+    assert defaults.out == os.path.join(ROOT, "runs", "report")
+
+
+def test_a_report_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """All of a report's files or none: a figure that fails to draw leaves the
+    earlier RESULTS.md and figures untouched, and no staging folder behind."""
+    from experiments import report
+    from plots import report_figures
+
+    runs, out = str(tmp_path / "runs"), tmp_path / "out"
+    write_record(runs, "cnn_baseline", "seed0", 0.66, 0.65)
+    (out / "figures").mkdir(parents=True)
+    (out / "RESULTS.md").write_text("before\n")
+    (out / "figures" / "kept.png").write_bytes(b"png")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a figure failed")
+
+    monkeypatch.setattr(report_figures, "write_figures", broken)
+    with pytest.raises(RuntimeError):
+        report.main(["--runs", runs, "--out", str(out)])
+    assert (out / "RESULTS.md").read_text() == "before\n"
+    assert sorted(os.listdir(out)) == [".lock", "RESULTS.md", "figures"]
+    assert os.listdir(out / "figures") == ["kept.png"]
 
 
 def test_precision_comparison_passes_recipe_edits_and_summarises_seeds(tmp_path, monkeypatch):
@@ -348,8 +393,9 @@ def test_report_names_the_data_and_refuses_unfinished_records(tmp_path):
     assert sorted(run.experiment for run in loaded) == [
         "cnn_baseline", "noisy_labels_symmetric40", "resnet_step"]
     assert problems == ["cnn_l2/seed0: status running, skipped",
-                        "cnn_vgg3/seed0: 40 of its recipe's 100 epochs in history.csv, skipped "
-                        "(rerun its command to finish it)"]
+                        "cnn_vgg3/seed0: 40 of its 100 epochs' rows in history.csv, though the "
+                        "run finished, skipped (the rows are lost with the finished run's "
+                        "backup: train it again with run.py --run-id NAME)"]
     rows = {row["experiment"]: row for row in report.summarise(loaded)}
     assert rows["cnn_baseline"]["data"] == "jpeg_rebuild" and not rows["cnn_baseline"]["beyond_allowance"]
     assert rows["resnet_step"]["beyond_allowance"]
@@ -428,7 +474,7 @@ def test_committed_results_reproduce_the_committed_report(tmp_path):
     assert block.strip() == parity, f"README's parity table is stale: rerun {README_COMMAND}"
 
 
-README_COMMAND = "python experiments/report.py --runs results --readme README.md"
+README_COMMAND = "python experiments/report.py --runs results --out reports --readme README.md"
 
 
 def test_collect_copies_finished_records_without_weights(tmp_path):

@@ -17,7 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = os.path.join(ROOT, "experiments", "tune.py")
 # Tiny trials: one quick epoch, and paper 004's one-block CNN in place of ResNet-20
 # (the search space, the oracle and the engine are the same).
-FAST = ["--quick", "--epochs", "1", "--set", 'model="kth_vgg1"']
+# Searches select on held-out training images: 40 of the 200 tiny ones, the rest train.
+FAST = ["--quick", "--epochs", "1", "--set", 'model="kth_vgg1"', "--set", "val_split=40",
+        "--set", "train_images=0"]
 
 
 def tune(*args, timeout=900):
@@ -45,6 +47,8 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
     assert len(trials) >= 2
     assert all(t["status"] == "completed" and 0 <= t["score"] <= 1 for t in trials)
     assert len({t["trainable_params"] for t in trials}) == 1  # one fixed network
+    assert len({t["process"] for t in trials}) == len(trials)  # a process of its own each
+    assert all(t["resident_mb"] > 100 for t in trials)  # that process's peak, TensorFlow loaded
     folder = os.path.join(directory, "optimizer")
     import keras
 
@@ -62,8 +66,10 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
 
     command = open(os.path.join(folder, "best_command.txt")).read()
     assert command.startswith("python experiments/run.py resnet20 --set 'model=\"kth_vgg1\"' "
+                              "--set 'val_split=40' --set 'train_images=0' "
                               "--set 'optimizer.name=")
     recipe = apply_override(EXPERIMENTS["resnet20"], 'model="kth_vgg1"')
+    assert all(not os.path.isabs(t["run_dir"]) for t in trials)  # the folder moves whole
     best_trial = max(trials, key=lambda t: t["score"])
     # The closing line names a best-scoring trial as its folders are named.
     named = re.search(r"best [0-9.]+% \(trial_(\w+), ", result.stdout).group(1)
@@ -132,33 +138,8 @@ def test_budget_rejects_configurations_before_training(shared_cifar10, tmp_path)
                           for t in trials)
     # Nothing trained: no run record was started for any trial.
     for trial in trials:
-        assert not os.path.exists(os.path.join(trial["run_dir"], "history.csv"))
-
-
-def test_killed_search_resumes_without_repeating_finished_trials(shared_cifar10, tmp_path):
-    directory = str(tmp_path)
-    args = [sys.executable, TUNE, "optimizer", "--max-trials", "3", *FAST,
-            "--data-dir", shared_cifar10, "--directory", directory]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    results_path = os.path.join(directory, "optimizer", "results.json")
-    deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:
-        if os.path.exists(results_path) and sum(
-                t["status"] == "completed" for t in results(directory)) >= 2:
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    finished = {t["trial_id"]: t for t in results(directory) if t["status"] == "completed"}
-    assert len(finished) >= 2
-    stamps = {tid: os.path.getmtime(os.path.join(t["run_dir"], "metrics.json"))
-              for tid, t in finished.items()}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    trials = results(directory)
-    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
-    for tid, stamp in stamps.items():  # finished trials were not trained again
-        assert os.path.getmtime(os.path.join(finished[tid]["run_dir"], "metrics.json")) == stamp
+        assert not os.path.exists(os.path.join(directory, "resnet_budget", trial["run_dir"],
+                                               "history.csv"))
 
 
 def test_two_workers_share_the_trials(shared_cifar10, tmp_path):
@@ -201,3 +182,91 @@ def test_zero_epochs_and_an_unwritable_directory_are_refused(shared_cifar10, tmp
     result = tune("optimizer", *FAST, "--data-dir", shared_cifar10, "--directory", str(not_a_folder))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "pass --directory with a writable folder" in result.stderr
+
+
+def test_plan_counts_hyperband_rounds_and_prices_them_from_the_measured_table(capsys, tmp_path):
+    """Hyperband at 9 epochs (factor 3): brackets of 9+3+1, 5+2 and 3 trials at 1/3/9,
+    3/9 and 9 epochs: 23 trials, 87 epochs, priced from a stated table."""
+    from experiments.tune import main
+
+    times = tmp_path / "epochs.json"
+    case = {"experiment": "cnn_regularized", "batch_size": 64, "train_images": 10000,
+            "process_seconds": 100.0, "device": "a CPU", "backend": "torch",
+            "epochs": [{"epoch": 1, "seconds": 40.0}, {"epoch": 2, "seconds": 30.0}]}
+    times.write_text(json.dumps({"date": "today", "cases": [case]}))
+    assert main(["cnn_regularization", "--plan", "--times", str(times)]) == 0
+    out = capsys.readouterr().out
+    # start-up: 100 s of process less 2 epochs of 30 s -> 40 s a trial
+    hours = (87 * 30.0 + 23 * 40.0) / 3600
+    assert "hyperband, base cnn_regularized, 10,000 training and 5,000 validation images" in out
+    assert f"23 trials, 87 epochs; 30 s an epoch at batch 64 and 40 s to start each trial -> " \
+           f"{hours:.1f} h" in out
+    # Every search is planned; one without a measured base says so.
+    assert main(["--plan", "--times", str(times)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" trials, ") == 5
+    assert "optimizer (random, base resnet20, 10,000 training and 5,000 validation images): " \
+           "20 trials, 3280 epochs; no measured epoch time for resnet20" in out
+    assert main(["cnn_regularization", "--plan", "--times", str(tmp_path / "none.json")]) == 2
+    assert "benchmarks/epochs.py --models cnn_regularized" in capsys.readouterr().err
+
+
+def _poison_test_labels(folder):
+    import pickle
+
+    path = os.path.join(folder, "cifar-10-batches-py", "test_batch")
+    with open(path, "rb") as stream:
+        batch = pickle.load(stream)
+    batch[b"labels"] = [(label + 1) % 10 for label in batch[b"labels"]]
+    with open(path, "wb") as stream:
+        pickle.dump(batch, stream)
+
+
+def test_cnn_search_selects_on_held_out_training_images_and_resumes(tmp_path):
+    """The CNN search end to end, twice: on clean data, and on data whose test labels
+    are all wrong, killed after its first trial and resumed. Both runs choose the
+    same configuration with the same scores, and no trial scored the test set."""
+    from conftest import write_cifar10
+
+    clean, poisoned = str(tmp_path / "clean"), str(tmp_path / "poisoned")
+    write_cifar10(clean)
+    write_cifar10(poisoned)
+    _poison_test_labels(poisoned)
+    fast = ["--quick", "--epochs", "2", "--set", "val_split=40", "--set", "train_images=0"]
+    first = tune("cnn_regularization", *fast, "--data-dir", clean, "--directory", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    args = [sys.executable, TUNE, "cnn_regularization", *fast, "--data-dir", poisoned,
+            "--directory", str(tmp_path / "b")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "b" / "cnn_regularization"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(folder / "results.json") and any(
+                t["status"] == "completed" for t in results(tmp_path / "b", "cnn_regularization")):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {t["trial_id"]: os.path.getmtime(folder / t["run_dir"] / "metrics.json")
+                for t in results(tmp_path / "b", "cnn_regularization") if t["status"] == "completed"}
+    assert finished
+    second = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    a = results(tmp_path / "a", "cnn_regularization")
+    b = results(tmp_path / "b", "cnn_regularization")
+    for trial_id, stamp in finished.items():  # a finished trial is not trained again
+        run_dir = next(t["run_dir"] for t in b if t["trial_id"] == trial_id)
+        assert os.path.getmtime(folder / run_dir / "metrics.json") == stamp
+    # Hyperband at 2 epochs is one bracket of 2 trials (tune.py --plan's count).
+    assert len(a) == len(b) == 2
+    assert all(t["status"] == "completed" and t["epochs"] == 2 for t in a + b)
+    assert [(t["hyperparameters"], t["score"]) for t in a] == [(t["hyperparameters"], t["score"]) for t in b]
+    for trial in a:
+        with open(os.path.join(tmp_path / "a", "cnn_regularization", trial["run_dir"], "metrics.json")) as stream:
+            metrics = json.load(stream)
+        assert metrics["validation_is_test"] is False
+        assert not [key for key in metrics if "test" in key and key != "validation_is_test"]
+    best_a = open(tmp_path / "a" / "cnn_regularization" / "best_command.txt").read()
+    assert best_a == open(folder / "best_command.txt").read()
+    assert best_a.startswith("python experiments/run.py cnn_regularized --set 'val_split=40' "
+                             "--set 'train_images=0' --set 'model_args.pool_dropout=")
