@@ -565,8 +565,10 @@ def table(result):
 
 def backend_rows(args):
     """In a child whose KERAS_BACKEND is set: every row for that backend."""
-    import keras
     import torch
+    import torch._dynamo  # noqa: F401  torch.optim loads it, and with it Triton's LLVM:
+    # loaded after TensorFlow's, that crashed the process (exit -11, torch 2.14.1's build)
+    import keras
 
     torch.set_num_threads(os.cpu_count())  # as TensorFlow's and XLA's default pools
     malloc = tune_allocator(args)
