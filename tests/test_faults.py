@@ -227,3 +227,24 @@ def test_the_record_says_whether_tf32_may_run(reference):
     assert isinstance(tf32["convolutions"], bool) and isinstance(tf32["matmul"], bool)
     if keras.backend.backend() == "tensorflow":  # TensorFlow's default: enabled
         assert tf32 == {"convolutions": True, "matmul": True}
+
+
+def test_several_steps_per_call_train_the_same_steps_at_the_same_rates(reference, tmp_path):
+    """--steps-per-execution 3: a rate that changes mid-epoch (after optimizer steps 5
+    and 9 of 4 a epoch) falls on the same steps, and the run's history and weights
+    are those of one step per call."""
+    data = reference[2]
+    recipe = apply_overrides(RECIPE, ["batch_size=8",
+                                      'schedule={"kind": "step_iterations", "boundaries": [5, 9]}'])
+    made = {}
+    for steps in (1, 3):
+        run = options(tmp_path / f"steps{steps}", data)
+        run.steps_per_execution = steps
+        train(recipe, run)
+        made[steps] = os.path.join(tmp_path, f"steps{steps}", recipe.name, "run")
+        assert record.read_json(os.path.join(made[steps], "config.json"))["steps_per_execution"] == steps
+    # at each epoch's start (steps 0, 4, 8): before the first boundary, before it, after it
+    assert [float(row["lr"]) for row in rows(made[3])] == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert rows(made[3]) == rows(made[1])
+    for ours, theirs in zip(weights(made[3]), weights(made[1])):
+        np.testing.assert_array_equal(ours, theirs)

@@ -77,6 +77,7 @@ class RunOptions:
     # A time.time() after which no epoch starts that would not end before it (the
     # median epoch judges); the run then stops resumable (RunStopped). None: none.
     deadline: float = None
+    steps_per_execution: int = 1  # training steps in one compiled call (host overhead)
 
     def __post_init__(self):
         # The run id names one folder under output_dir/<experiment>/: "../x" would put the
@@ -87,6 +88,9 @@ class RunOptions:
                            f"'-' (not starting with '.'); got {self.run_id!r}.")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             raise RunError(f"--seed must be a whole number in [0, 2**32); got {self.seed!r}.")
+        if not (isinstance(self.steps_per_execution, int) and self.steps_per_execution >= 1):
+            raise RunError(f"--steps-per-execution must be a whole number >= 1; got "
+                           f"{self.steps_per_execution!r}.")
         if not (isinstance(self.input_threads, int) and 0 <= self.input_threads <= MAX_INPUT_THREADS):
             raise RunError(f"--input-threads must be 0 (half the cores) or 1 to "
                            f"{MAX_INPUT_THREADS}; got {self.input_threads!r}.")
@@ -236,14 +240,17 @@ def _stages(recipe):
     return [stage for stage in stages if stage.end_epoch > stage.first_epoch]
 
 
-def compile_model(model, recipe, optimizer, schedule, jit_compile="auto"):
+def compile_model(model, recipe, optimizer, schedule, jit_compile="auto", steps_per_execution=1):
     """Compiles `model` with the optimizer (a spec or its dict form) at the rate the
-    schedule gives it; returns the base learning rate."""
+    schedule gives it; returns the base learning rate. With steps_per_execution > 1
+    one compiled call runs that many steps: a per-iteration rate is the optimizer's
+    own (counted from its step), so it is unchanged; per-epoch callbacks still run."""
     optimizer, schedule = spec.parse("optimizer", optimizer), spec.parse("schedule", schedule)
     loss, metrics = loss_and_metrics(recipe)
     model.compile(
         optimizer=optimizer.build(optimizer_learning_rate(schedule, optimizer.learning_rate)),
         loss=loss, metrics=metrics, jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return optimizer.learning_rate
 
@@ -405,6 +412,7 @@ def train(recipe, options):
         "host": platform.node(),
         "device": device_description(),
         "tensor_float_32": tensor_float_32(),  # TF32 matrix units, on a GPU that has them
+        "steps_per_execution": options.steps_per_execution,
         # The batches do not depend on it (each is a function of seed, epoch and index).
         "input_threads": input_threads(options.input_threads),
         **placement.describe(),
@@ -610,7 +618,8 @@ def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
     if recipe.transfer:
         transfer.set_backbone_trainable(model, stage.name != "head")
     with placement.scope():
-        base_lr = compile_model(model, recipe, stage.optimizer, stage.schedule)
+        base_lr = compile_model(model, recipe, stage.optimizer, stage.schedule,
+                                steps_per_execution=options.steps_per_execution)
     placement.prepare(model)
     done, resume_from = _resume_point(recipe, run_dir, stage)
     history = record.truncate_history(os.path.join(run_dir, "history.csv"), done)
