@@ -168,6 +168,10 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         self.temporary_path = f"{root}.partial{extension}"
         super().__init__(self.temporary_path, **kwargs)
 
+    def set_model(self, model):
+        # The device path fits a wrapper (data/device_augment.py): save the network.
+        super().set_model(getattr(model, "network", model))
+
     def on_epoch_end(self, epoch, logs=None):
         try:
             super().on_epoch_end(epoch, logs)
@@ -238,6 +242,10 @@ class Memorisation(keras.callbacks.Callback):
         super().__init__()
         self.batches = batches
         self.true_labels, self.noisy_labels = true_labels, noisy_labels
+
+    def set_model(self, model):
+        # Its batches are normalised on the host: the network itself scores them.
+        super().set_model(getattr(model, "network", model))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or len(self.true_labels) == 0:

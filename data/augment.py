@@ -30,12 +30,22 @@ def _gather(x, rows, cols):
     return x[batch, rows[:, :, None], cols[:, None, :]]
 
 
+# Each op the device path (data/device_augment.py) also runs draws its randomness in
+# a draw_<op>(rng, shape, **options) of its own, which both paths call: the same keys
+# then give the same crops, flips, shifts and squares on both.
+
+def draw_crop(rng, shape, padding=4, fill=0):
+    """Top and left of each image's crop out of the padded image."""
+    return {"top": rng.integers(0, 2 * padding + 1, size=shape[0]),
+            "left": rng.integers(0, 2 * padding + 1, size=shape[0])}
+
+
 def random_crop(x, rng, padding=4, fill=0):
     """Pads each side by `padding` with `fill`, then crops back at a random offset
     drawn per image from all (2 * padding + 1) ** 2 positions (torchvision RandomCrop)."""
     count, height, width = x.shape[:3]
-    top = rng.integers(0, 2 * padding + 1, size=count)
-    left = rng.integers(0, 2 * padding + 1, size=count)
+    drawn = draw_crop(rng, x.shape, padding)
+    top, left = drawn["top"], drawn["left"]
     out = np.full_like(x, fill)
     # One slice copy per offset in use (at most 81), instead of padding the batch.
     for offset in np.unique(top * (2 * padding + 1) + left):
@@ -56,9 +66,14 @@ def to_float(x, rng):
     return x.astype(np.float32)
 
 
+def draw_chosen(rng, shape, p=0.5):
+    """Whether an op with probability p applies to each image (torch.rand(1) < p)."""
+    return {"chosen": rng.random(shape[0]) < p}
+
+
 def _chosen(x, rng, p):
-    """The images an op with probability p applies to (torch.rand(1) < p per image)."""
-    return np.flatnonzero(rng.random(len(x)) < p)
+    """The images an op with probability p applies to."""
+    return np.flatnonzero(draw_chosen(rng, x.shape, p)["chosen"])
 
 
 def _apply_to(x, picked, op, *args):
@@ -71,7 +86,7 @@ def _apply_to(x, picked, op, *args):
 
 def horizontal_flip(x, rng, p=0.5):
     """Mirrors each image left-right with probability p."""
-    flip = rng.random(len(x)) < p
+    flip = draw_chosen(rng, x.shape, p)["chosen"]
     out = x.copy()
     out[flip] = x[flip, :, ::-1]
     return out
@@ -79,10 +94,20 @@ def horizontal_flip(x, rng, p=0.5):
 
 def vertical_flip(x, rng, p=0.5):
     """Mirrors each image top-bottom with probability p."""
-    flip = rng.random(len(x)) < p
+    flip = draw_chosen(rng, x.shape, p)["chosen"]
     out = x.copy()
     out[flip] = x[flip, ::-1]
     return out
+
+
+def draw_shift(rng, shape, fraction=0.1):
+    """Each image's whole-pixel shift (row0, col0) and bilinear weights (wy, wx)."""
+    count, height, width = shape[:3]
+    dy = rng.uniform(-fraction, fraction, size=count) * height
+    dx = rng.uniform(-fraction, fraction, size=count) * width
+    fy, fx = np.floor(dy), np.floor(dx)
+    return {"row0": fy.astype(np.int64), "col0": fx.astype(np.int64),
+            "wy": (dy - fy).astype(np.float32), "wx": (dx - fx).astype(np.float32)}
 
 
 def random_shift(x, rng, fraction=0.1):
@@ -90,13 +115,11 @@ def random_shift(x, rng, fraction=0.1):
     shift of up to f * size per axis, bilinear (interpolation order 1), with
     fill_mode 'nearest' (edge pixels extend)."""
     count, height, width = x.shape[:3]
-    dy = rng.uniform(-fraction, fraction, size=count) * height
-    dx = rng.uniform(-fraction, fraction, size=count) * width
-    fy, fx = np.floor(dy), np.floor(dx)
-    wy = (dy - fy).astype(np.float32)[:, None, None, None]
-    wx = (dx - fx).astype(np.float32)[:, None, None, None]
-    r0 = fy.astype(np.int64)[:, None] + np.arange(height)[None, :]
-    c0 = fx.astype(np.int64)[:, None] + np.arange(width)[None, :]
+    drawn = draw_shift(rng, x.shape, fraction)
+    wy = drawn["wy"][:, None, None, None]
+    wx = drawn["wx"][:, None, None, None]
+    r0 = drawn["row0"][:, None] + np.arange(height)[None, :]
+    c0 = drawn["col0"][:, None] + np.arange(width)[None, :]
     r1, c1 = np.clip(r0 + 1, 0, height - 1), np.clip(c0 + 1, 0, width - 1)
     r0, c0 = np.clip(r0, 0, height - 1), np.clip(c0, 0, width - 1)
     source = x.astype(np.float32, copy=False)
@@ -111,6 +134,17 @@ def random_shift(x, rng, fraction=0.1):
     return out.astype(x.dtype, copy=False)
 
 
+def draw_cutout(rng, shape, size=16, low=-8, high=16, shrink_at_edge=True):
+    """Each image's square: rows [top, bottom) and columns [left, right)."""
+    count = shape[0]
+    top, left = rng.integers(low, high, size=count), rng.integers(low, high, size=count)
+    bottom, right = top + size, left + size
+    top, left = np.maximum(top, 0), np.maximum(left, 0)
+    if not shrink_at_edge:
+        bottom, right = top + size, left + size
+    return {"top": top, "bottom": bottom, "left": left, "right": right}
+
+
 def cutout(x, rng, size=16, low=-8, high=16, shrink_at_edge=True):
     """Paper 004's Cutout: one square per image, filled with that image's mean;
     its top and left are drawn from [low, high). The notebook computes
@@ -118,11 +152,8 @@ def cutout(x, rng, size=16, low=-8, high=16, shrink_at_edge=True):
     top or left edge keeps only its part inside the image (`shrink_at_edge`);
     False moves such a square inside the image, always size x size."""
     count, height, width = x.shape[:3]
-    top, left = rng.integers(low, high, size=count), rng.integers(low, high, size=count)
-    bottom, right = top + size, left + size
-    top, left = np.maximum(top, 0), np.maximum(left, 0)
-    if not shrink_at_edge:
-        bottom, right = top + size, left + size
+    drawn = draw_cutout(rng, x.shape, size, low, high, shrink_at_edge)
+    top, bottom, left, right = (drawn[key] for key in ("top", "bottom", "left", "right"))
     rows, cols = np.arange(height), np.arange(width)
     row_in = (rows[None] >= top[:, None]) & (rows[None] < bottom[:, None])
     col_in = (cols[None] >= left[:, None]) & (cols[None] < right[:, None])
@@ -217,13 +248,18 @@ OPS = {
     "autoaugment": apply_policy,
 }
 UINT8_ONLY = ("rotate", "translate", "color_jitter", "autoaugment")
+# What each op the device path runs draws; grayscale and autocontrast run there on
+# float images only (on uint8 they follow Pillow).
+DRAWS = {"float": lambda rng, shape: {}, "crop": draw_crop, "hflip": draw_chosen,
+         "vflip": draw_chosen, "shift": draw_shift, "cutout": draw_cutout,
+         "grayscale": draw_chosen, "autocontrast": draw_chosen}
 
 
 class Augmenter:
     """Applies a recipe's list of ops, in order, to a training batch."""
 
     def __init__(self, spec):
-        self.steps = []
+        self.steps, self.ops = [], []  # ops: (name, options), as listed
         is_float = False
         for entry in spec or ():
             if not isinstance(entry, dict):
@@ -245,6 +281,7 @@ class Augmenter:
                 raise ValueError(f"op {name!r} follows Pillow on uint8 images; list it before 'float'.")
             is_float = is_float or name == "float"
             self.steps.append((OPS[name], entry))
+            self.ops.append((name, entry))
 
     def __bool__(self):
         return bool(self.steps)

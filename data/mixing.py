@@ -66,30 +66,50 @@ class Mixer(DataView):
             return None
         return rng.beta(self.alpha, self.alpha), rng.permutation(size), rng
 
-    def __call__(self, x, y, seed, epoch, index):
-        """Mixes batch `index` of `epoch` when the gate opens; returns (x, y)."""
-        drawn = self.draw(seed, epoch, index, len(x))
+    def params(self, seed, epoch, index, shape):
+        """What batch `index` of `epoch` mixes, or None where the gate stays shut:
+        {"lam": the labels' weight, "partner": each image's partner, and for CutMix
+        "box": (top, bottom, left, right) pasted from the partner}."""
+        drawn = self.draw(seed, epoch, index, shape[0])
         if drawn is None:
-            return x, y
+            return None
         lam, partner, rng = drawn
         if self.kind == "mixup":
+            return {"lam": lam, "partner": partner}
+        box, kept = cutmix_box(shape[1:3], lam, rng)
+        return {"lam": kept, "partner": partner, "box": box}
+
+    def mix_labels(self, y, params):
+        """The labels of a batch mixed as `params` say."""
+        if params is None:
+            return y
+        lam, partner = params["lam"], params["partner"]
+        return (lam * y + (1.0 - lam) * y[partner]).astype(y.dtype, copy=False)
+
+    def __call__(self, x, y, seed, epoch, index):
+        """Mixes batch `index` of `epoch` when the gate opens; returns (x, y)."""
+        params = self.params(seed, epoch, index, x.shape)
+        if params is None:
+            return x, y
+        partner = params["partner"]
+        if self.kind == "mixup":
+            lam = params["lam"]
             mixed = lam * x + (1.0 - lam) * x[partner]
         else:
-            mixed, lam = cutmix(x, partner, lam, rng)
-        labels = lam * y + (1.0 - lam) * y[partner]
-        return mixed.astype(x.dtype, copy=False), labels.astype(y.dtype, copy=False)
+            top, bottom, left, right = params["box"]
+            mixed = x.copy()
+            mixed[:, top:bottom, left:right] = x[partner, top:bottom, left:right]
+        return mixed.astype(x.dtype, copy=False), self.mix_labels(y, params)
 
 
-def cutmix(x, partner, lam, rng):
+def cutmix_box(size, lam, rng):
     """CutMix (Yun et al. 2019): a box of area (1 - lam) of the image, centred
-    uniformly and clipped at the border, is pasted from the partner; lam becomes
-    the share of pixels actually kept."""
-    height, width = x.shape[1:3]
+    uniformly and clipped at the border, is pasted from the partner; returns
+    ((top, bottom, left, right), the share of pixels kept), the labels' weight."""
+    height, width = size
     cut_h, cut_w = int(height * np.sqrt(1.0 - lam)), int(width * np.sqrt(1.0 - lam))
     cy, cx = rng.integers(0, height), rng.integers(0, width)
     top, bottom = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
     left, right = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
-    mixed = x.copy()
-    mixed[:, top:bottom, left:right] = x[partner, top:bottom, left:right]
     kept = 1.0 - (bottom - top) * (right - left) / (height * width)
-    return mixed, kept
+    return (int(top), int(bottom), int(left), int(right)), kept

@@ -63,6 +63,10 @@ def parse_args(argv):
     parser.add_argument("--steps-per-execution", type=int, default=1, metavar="N",
                         help="training steps in one compiled call (default 1); fewer host "
                              "round trips on a GPU, the same steps and rates")
+    parser.add_argument("--augment-on", default="auto", choices=("auto", "host", "device"),
+                        help="where crop, flip, shift, Cutout, normalisation and mixup run: "
+                             "host (NumPy, the reference), device (inside the compiled step), "
+                             "auto (default: the device on a GPU where the recipe allows it)")
     parser.add_argument("--deadline-s", type=float, metavar="S",
                         help="start no epoch that would end more than S seconds from now (judged "
                              "by the median epoch); the run stops resumable, exit status 3")
@@ -260,6 +264,7 @@ def main(argv=None):
                              data_dir=args.data_dir, quick=args.quick, tensorboard=args.tensorboard,
                              quick_keeps=quick_keeps(args),
                              steps_per_execution=args.steps_per_execution,
+                             augment_on=args.augment_on,
                              deadline=(None if args.deadline_s is None
                                        else time.time() + args.deadline_s),
                              verbose=1 if sys.stdout.isatty() else 2)

@@ -32,6 +32,7 @@ import numpy as np
 
 from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, Deadline, DeadlineReached,
                        EpochLog, EpochSync, InterruptGuard, Memorisation, RunProgress)
+from data import device_augment
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
 from data.noise import corrupt_labels
@@ -78,6 +79,10 @@ class RunOptions:
     # median epoch judges); the run then stops resumable (RunStopped). None: none.
     deadline: float = None
     steps_per_execution: int = 1  # training steps in one compiled call (host overhead)
+    # Where crop, flip, shift, Cutout, normalisation and mixup run: "host" (NumPy, the
+    # reference), "device" (in the compiled step, data/device_augment.py) or "auto"
+    # (the device on a GPU where the recipe allows it). A run keeps the path it began on.
+    augment_on: str = "auto"
 
     def __post_init__(self):
         # The run id names one folder under output_dir/<experiment>/: "../x" would put the
@@ -91,6 +96,9 @@ class RunOptions:
         if not (isinstance(self.steps_per_execution, int) and self.steps_per_execution >= 1):
             raise RunError(f"--steps-per-execution must be a whole number >= 1; got "
                            f"{self.steps_per_execution!r}.")
+        if self.augment_on not in device_augment.PATHS:
+            raise RunError(f"--augment-on must be one of {', '.join(device_augment.PATHS)}; "
+                           f"got {self.augment_on!r}.")
         if not (isinstance(self.input_threads, int) and 0 <= self.input_threads <= MAX_INPUT_THREADS):
             raise RunError(f"--input-threads must be 0 (half the cores) or 1 to "
                            f"{MAX_INPUT_THREADS}; got {self.input_threads!r}.")
@@ -189,8 +197,13 @@ def _evaluation_batches(recipe, normalizer, images, labels, num_classes):
                         label_column=column)
 
 
-def training_batches(recipe, options, normalizer, train, val, num_classes):
-    """Training and validation PyDatasets; 'before' normalisation is done once here."""
+def training_batches(recipe, options, normalizer, train, val, num_classes, path="host"):
+    """Training and validation PyDatasets; 'before' normalisation is done once here
+    (on the host path; the device path sends uint8 images and normalises there)."""
+    if path == "device":
+        return device_augment.device_batches(recipe, options.seed,
+                                             input_threads(options.input_threads), normalizer,
+                                             train, val, num_classes)
     x_train, y_train = train
     before = normalizer.stage == "before"
     train_batches = CifarBatches(
@@ -445,6 +458,7 @@ class Prepared:
     train_batches: CifarBatches
     val_batches: CifarBatches
     model: keras.Model
+    trainer: keras.Model  # what fits: the model, or its device-path wrapper
     stages: list  # of Stage, the ones left to train
     extra_callbacks: list  # Memorisation under label noise
     noise_summary: dict
@@ -510,8 +524,9 @@ def _prepare(recipe, options, placement, run_dir, config):
                                                  options.seed, options.quick)
         config["transfer_source"] = os.path.abspath(source_path)
     normalizer = recipe.normalization.build().fit(train_split[0])
+    path = _augment_path(recipe, options, run_dir, config)
     train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
-                                                  val_split, data.num_classes)
+                                                  val_split, data.num_classes, path)
     if recipe.noise:
         extra_callbacks.append(Memorisation(
             _evaluation_batches(recipe, normalizer, train_split[0][flipped], true_labels[flipped],
@@ -539,9 +554,38 @@ def _prepare(recipe, options, placement, run_dir, config):
                 raise RunError(f"model_args {json.dumps(recipe.model_args)} do not build "
                                f"{recipe.model}: {error}") from None
     transfer.set_backbone_trainable(model, True)
+    trainer = model
+    if path == "device":
+        with placement.scope(), precision_policy(options.precision):
+            trainer = device_augment.training_model(model, train_batches, normalizer)
     return Prepared(data, train_split, val_split, test_split, normalizer, train_batches,
-                    val_batches, model, stages, extra_callbacks, noise_summary,
+                    val_batches, model, trainer, stages, extra_callbacks, noise_summary,
                     count_params(model), val_from_test=from_test)
+
+
+def _augment_path(recipe, options, run_dir, config):
+    """The run's augmentation path (recorded in config): the one it began on when it
+    resumes (a record without one trained on the host), else as --augment-on says."""
+    has_gpu = not config["device"].startswith("CPU")
+    try:
+        chosen = device_augment.choose_path(options.augment_on, recipe, has_gpu,
+                                            options.distribute)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    path = os.path.join(run_dir, "config.json")
+    if os.path.exists(path):
+        try:
+            began = record.read_json(path).get("augment_on", "host")
+        except (OSError, ValueError):
+            began = None  # unreadable: rewritten from this command (_check_existing)
+        if began and options.augment_on == "auto":
+            chosen = began
+        elif began and began != chosen:
+            raise RunError(f"{run_dir} began on the {began} augmentation path; its backups "
+                           f"resume only there. Pass --augment-on {began} (or auto), or "
+                           f"--run-id NAME for a separate run.")
+    config["augment_on"] = chosen
+    return chosen
 
 
 def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history, guard,
@@ -614,9 +658,9 @@ def _resume_point(recipe, run_dir, stage):
 
 def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
     """Compiles the stage's optimizer and fits its epochs, resuming from its backup."""
-    model = prepared.model
+    model = prepared.trainer
     if recipe.transfer:
-        transfer.set_backbone_trainable(model, stage.name != "head")
+        transfer.set_backbone_trainable(prepared.model, stage.name != "head")
     with placement.scope():
         base_lr = compile_model(model, recipe, stage.optimizer, stage.schedule,
                                 steps_per_execution=options.steps_per_execution)
@@ -661,7 +705,7 @@ def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
         record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
         raise
     if stage.name == "head":
-        record.save_model(model, os.path.join(run_dir, "head.keras"))
+        record.save_model(prepared.model, os.path.join(run_dir, "head.keras"))
 
 
 def _finish(recipe, options, run_dir, prepared, full_epochs, start):
@@ -673,6 +717,8 @@ def _finish(recipe, options, run_dir, prepared, full_epochs, start):
         record.write_status(run_dir, "failed", reason=reason)
         raise RunError(f"{recipe.name}: {reason}. Lower the learning rate or check the data.")
     model, test = prepared.model, prepared.test
+    if prepared.trainer is not model:  # the device path compiled its wrapper
+        model.compile(loss=loss_and_metrics(recipe)[0], metrics=loss_and_metrics(recipe)[1])
     best_path = os.path.join(run_dir, "best.keras")
     best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
