@@ -2,7 +2,7 @@
 input threads.
 
     python benchmarks/epochs.py --data-dir DIR [--models modified_resnet resnet_deep]
-        [--input-threads 1 8] [--epochs 2] [--precision fp32] [--set KEY=VALUE] [--json OUT]
+        [--input-threads 1 8] [--augment-on host device] [--epochs 2] [--precision fp32] [--set KEY=VALUE] [--json OUT]
 
 Each (network, input threads) pair is one `run.py NAME --epochs N` in a child
 process on the current backend (KERAS_BACKEND), on the full training set with
@@ -29,11 +29,12 @@ from training import record  # noqa: E402
 RUN = os.path.join(ROOT, "experiments", "run.py")
 
 
-def run_epochs(experiment, threads, args, folder):
+def run_epochs(experiment, threads, args, folder, path="auto"):
     """One run.py run; its history rows as numbers."""
+    run_id = f"threads{threads}-{path}"
     command = [sys.executable, RUN, experiment, "--epochs", str(args.epochs),
                "--input-threads", str(threads), "--precision", args.precision,
-               "--output-dir", folder, "--run-id", f"threads{threads}"]
+               "--augment-on", path, "--output-dir", folder, "--run-id", run_id]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     for edit in args.set:
@@ -44,7 +45,7 @@ def run_epochs(experiment, threads, args, folder):
     if child.returncode != 0:
         raise SystemExit(f"error: {' '.join(command)} failed (exit {child.returncode}); "
                          "see its messages above.")
-    run_dir = os.path.join(folder, experiment, f"threads{threads}")
+    run_dir = os.path.join(folder, experiment, run_id)
     rows = record.read_history(os.path.join(run_dir, "history.csv"))
     config = record.read_json(os.path.join(run_dir, "config.json"))
     metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
@@ -52,6 +53,7 @@ def run_epochs(experiment, threads, args, folder):
             "batch_size": config["recipe"]["batch_size"], "precision": args.precision,
             "train_images": config.get("train_images"), "validation": config.get("validation"),
             "set": list(args.set), "process_seconds": process_seconds,
+            "augment_on": config.get("augment_on", "host"),
             "trainable_params": metrics.get("trainable_params"),
             "device": config.get("device"), "backend": config["backend"],
             "versions": config.get("versions"),
@@ -81,10 +83,11 @@ def table(result):
         params = f" ({case['trainable_params']:,})" if case.get("trainable_params") else ""
         rows.append([f"{case['experiment']}{params}", case["batch_size"],
                      f"{case['train_images']:,}", case["input_threads"],
+                     case.get("augment_on", "host"),
                      f"{epochs[0]['seconds']:.1f}", f"{seconds:.1f}", f"{inputs:.1f}"])
     lines += markdown_table(["network", "batch", "training images", "input threads",
-                             "epoch 1 s (with compilation)", "later epochs s",
-                             "input s a later epoch"], rows, "lrrrrrr")
+                             "augmentation on", "epoch 1 s (with compilation)", "later epochs s",
+                             "input s a later epoch"], rows, "lrrrlrrr")
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +96,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["modified_resnet", "resnet_deep"])
     parser.add_argument("--input-threads", nargs="+", type=int, default=[1, 0],
                         help="input thread counts to compare (0: run.py's default)")
+    parser.add_argument("--augment-on", nargs="+", default=["auto"],
+                        choices=("auto", "host", "device"),
+                        help="augmentation paths to compare (run.py --augment-on)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--data-dir", help="local CIFAR copy, as run.py takes it")
@@ -115,10 +121,11 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         for experiment in args.models:
-            for threads in args.input_threads:
-                case = run_epochs(experiment, input_threads(threads), args, folder)
+            for threads, path in [(t, p) for t in args.input_threads for p in args.augment_on]:
+                case = run_epochs(experiment, input_threads(threads), args, folder, path)
                 result["cases"].append(case)
-                print(f"{experiment} input threads {case['input_threads']}: "
+                print(f"{experiment} input threads {case['input_threads']}, augmentation on "
+                      f"{case['augment_on']}: "
                       + ", ".join(f"{row['seconds']:.1f} s" for row in case["epochs"]), flush=True)
                 write_report(args.json, result, table)  # after each case: a killed run keeps them
     print(f"wrote {args.json} and its .md table")

@@ -8,7 +8,8 @@
 #   RUNS (run folders; default ~/slice-runs), QUEUE (comma-separated; default the
 #   campaign's), TIMES (measured epochs; default reports/epochs_gpu_h100.json),
 #   MEASURE (experiments to time first; default the first two unmeasured in the queue;
-#   empty: none),
+#   empty: none), PROFILE (the recipe whose step is profiled on both augmentation paths;
+#   default resnet_deep; empty: none), PROFILE_ARGS (default --steps 50),
 #   RUN_ARGS (extra run.py arguments, e.g. --quick for a dry run), PYTHON.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 OUT [BUDGET_S]" >&2; exit 2; }
@@ -46,7 +47,15 @@ fi
 echo "data dir: $DATA_DIR" >> "$out/environment.txt"
 cat "$out/environment.txt"
 
-# 2. Time the first queued recipes the plan has no epochs for (two epochs each).
+# 2. Where a step's time goes, on the host and the device augmentation paths.
+profile=${PROFILE-resnet_deep}
+if [ -n "$profile" ]; then
+  # shellcheck disable=SC2086
+  "$py" benchmarks/step_profile.py "$profile" --data-dir "$DATA_DIR" ${PROFILE_ARGS:---steps 50} \
+    --json "$out/step_profile.json" || echo "step profile failed; the campaign goes on" >&2
+fi
+
+# 3. Time the first queued recipes the plan has no epochs for (two epochs each).
 measure=${MEASURE-$("$py" - "$times" "${QUEUE:-}" <<'EOF'
 import json, sys
 from experiments.campaign import QUEUE, measured
@@ -71,7 +80,7 @@ json.dump(table, open(merged, "w"), indent=1)
 EOF
 fi
 
-# 3. The campaign until the deadline, from the measured plan.
+# 4. The campaign until the deadline, from the measured plan.
 left=$(( budget - ($(date +%s) - start) - 30 ))
 "$py" experiments/campaign.py --plan "$left" --times "$merged" ${QUEUE:+--queue "$QUEUE"} > "$out/plan.md"
 code=0
@@ -80,7 +89,7 @@ code=0
   -- ${RUN_ARGS:-} || code=$?
 cp "$runs/campaign.md" "$runs/campaign.json" "$out/"
 
-# 4. Records (no weights) and the logs, in one tarball.
+# 5. Records (no weights) and the logs, in one tarball.
 mkdir -p "$work/results" "$work/logs"
 cp "$runs"/*.log "$work/logs/" 2>/dev/null || true
 tar -czf "$out/records.tar.gz" -C "$work" results logs $( [ -d "$work/report" ] && echo report )

@@ -53,6 +53,7 @@ def test_gpu_slice_dry_run_on_the_cpu(shared_cifar10, tmp_path):
                                                  "cnn_vgg3": ([2.0, 1.0], 1)})
     env = {**os.environ, "DATA_DIR": shared_cifar10, "RUNS": str(runs), "TIMES": times,
            "QUEUE": "cnn_vgg2,cnn_vgg3", "MEASURE": "", "RUN_ARGS": "--quick",
+           "PROFILE": "cnn_vgg2", "PROFILE_ARGS": "--steps 2 --set train_images=256",
            "PYTHON": sys.executable,
            "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
     result = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_slice.sh"), str(out),
@@ -62,6 +63,9 @@ def test_gpu_slice_dry_run_on_the_cpu(shared_cifar10, tmp_path):
     assert len(files) <= 8 and {"environment.txt", "plan.md", "campaign.md", "campaign.json",
                                 "records.tar.gz"} <= set(files), files
     assert "device: CPU" in (out / "environment.txt").read_text()
+    profile = json.loads((out / "step_profile.json").read_text())
+    assert [case["path"] for case in profile["cases"]] == ["host", "device"]
+    assert "| device |" in (out / "step_profile.md").read_text()
     summary = json.loads((out / "campaign.json").read_text())
     assert [(r["experiment"], r["status"]) for r in summary["runs"]] == [
         ("cnn_vgg2", "completed"), ("cnn_vgg3", "completed")]
