@@ -2,7 +2,7 @@
 
 import os
 
-from training import record
+from common import files
 
 
 def markdown_table(header, rows, align=None):
@@ -17,5 +17,5 @@ def markdown_table(header, rows, align=None):
 def write_report(path, result, render):
     """`result` as JSON at `path` and render(result) as the .md beside it, each atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    record.write_json(path, result)
-    record.atomic_write_text(os.path.splitext(path)[0] + ".md", render(result))
+    files.write_json(path, result)
+    files.atomic_write_text(os.path.splitext(path)[0] + ".md", render(result))

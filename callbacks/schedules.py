@@ -7,6 +7,7 @@ import os
 
 import keras
 
+from common import files
 from training.schedules import lr_at, onecycle_at
 
 
@@ -103,10 +104,7 @@ class TorchReduceLROnPlateau(keras.callbacks.Callback):
                                   "cooldown_counter": self.cooldown_counter}
         states = {key: states[key] for key in sorted(states, key=int)[-2:]}
         os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
-        temporary = self.state_path + ".partial"
-        with open(temporary, "w") as stream:
-            json.dump(states, stream)
-        os.replace(temporary, self.state_path)
+        files.write_json(self.state_path, states)
 
     def _is_improvement(self, current, best):
         if best is None:

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from training.spec import DataView
+from common.spec import DataView
 
 KINDS = ("mixup", "cutmix")
 GATES = ("batch", "epoch")

@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from common import files  # noqa: E402
 from experiments.searches import SEARCHES  # noqa: E402
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -394,9 +395,8 @@ def write_outputs(args):
     best = max(completed, key=lambda t: t["score"])
     source = os.path.join(folder, best["run_dir"], "best.keras")
     if os.path.exists(source):
-        partial = os.path.join(folder, ".best.partial.keras")
-        shutil.copyfile(source, partial)
-        os.replace(partial, os.path.join(folder, "best.keras"))
+        files.atomic_file(os.path.join(folder, "best.keras"),
+                          lambda temporary: shutil.copyfile(source, temporary))
     command = "python experiments/run.py " + search.base + "".join(
         f" --set '{edit}'" for edit in list(args.set) + best["edits"]
         if not edit.startswith("epochs="))

@@ -24,12 +24,13 @@ def figure(title, xlabel, ylabel, size=(6.4, 4.2)):
 
 
 def save(fig, path):
-    """Saves atomically (temporary file, then rename) and closes the figure."""
-    root, extension = os.path.splitext(path)
-    temporary = f"{root}.partial{extension}"
-    fig.savefig(temporary, dpi=120)
-    plt.close(fig)
-    os.replace(temporary, path)
+    """Saves atomically and closes the figure."""
+    from common.files import atomic_file
+
+    try:
+        atomic_file(path, lambda temporary: fig.savefig(temporary, dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def write_data(path, title, xlabel, ylabel, series, **axes):
@@ -38,7 +39,7 @@ def write_data(path, title, xlabel, ylabel, series, **axes):
     as xscale="log"."""
     import json
 
-    from training.record import atomic_write_text
+    from common.files import atomic_write_text
 
     data = {"title": title, "xlabel": xlabel, "ylabel": ylabel, **axes,
             "series": [{key: value for key, value in line.items() if key != "style"}

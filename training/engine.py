@@ -46,7 +46,7 @@ from training.machine import (cpu_flags, device_description, precision_warning, 
                               tensor_float_32, versions)
 from training.distribute import DistributeError, non_chief_worker, placement as make_placement
 from training.losses import loss_and_metrics
-from training import spec
+from common import spec
 from training.optimizer_specs import Optimizer
 from training.optimizers import optimizer_learning_rate
 from training.schedules import Constant, Schedule

@@ -1,4 +1,4 @@
-"""The optimizer a recipe names, as typed specs (registry: training.spec.classes
+"""The optimizer a recipe names, as typed specs (registry: common.spec.classes
 ("optimizer")); `.build()` makes the Keras optimizer (training/optimizers.py).
 
 style "torch": torch.optim's rules and defaults, `weight_decay` coupled (added to
@@ -9,7 +9,7 @@ regularisation lives in the layers). `clipvalue` clips each gradient by value.
 import dataclasses
 from typing import ClassVar
 
-from training.spec import Spec, parse
+from common.spec import Spec, parse
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
 STYLES = ("torch", "keras")

@@ -15,7 +15,8 @@ from data.cifar import DATASETS, VAL_SELECTIONS
 from data.mixing import Mixer
 from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalization, Normalizer
-from training import schedules, spec
+from common import spec
+from training import schedules
 from training.optimizer_specs import MOMENTUM_FIELDS, OPTIMIZERS, STYLES, Optimizer
 from training.schedules import Schedule
 

@@ -34,7 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from training.spec import Spec, parse
+from common.spec import Spec, parse
 
 KINDS = ("constant", "step", "kth_step", "exponential", "cosine", "onecycle", "plateau",
          "step_iterations")
@@ -200,7 +200,7 @@ def validate(spec, epochs):
 
 
 # ---------------------------------------------------------------- typed specs
-# One frozen dataclass per kind (registry: training.spec.classes("schedule")); the
+# One frozen dataclass per kind (registry: common.spec.classes("schedule")); the
 # functions above are their arithmetic, on the dict form that config.json holds.
 class Schedule(Spec):
     family = "schedule"
