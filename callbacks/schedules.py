@@ -1,6 +1,6 @@
-"""The callbacks that apply a recipe's epoch schedule: Keras's LearningRateScheduler
-for the rate-only kinds, `OneCycle` (rate and momentum) and torch's
-ReduceLROnPlateau (`TorchReduceLROnPlateau`)."""
+"""The callbacks that the schedule kinds of training/schedules.py build beyond Keras's
+LearningRateScheduler: one-cycle's rate and momentum (`OneCycleCallback`) and
+torch's ReduceLROnPlateau (`TorchReduceLROnPlateau`)."""
 
 import json
 import os
@@ -8,19 +8,18 @@ import os
 import keras
 
 from common import files
-from training.schedules import lr_at, onecycle_at
 
 
-class OneCycle(keras.callbacks.Callback):
+class OneCycleCallback(keras.callbacks.Callback):
     """Sets the learning rate and (cycle_momentum) the momentum of one-cycle at
     each epoch start. Keras's LearningRateScheduler sets only the rate."""
 
     def __init__(self, spec, epochs):
         super().__init__()
-        self.spec, self.epochs = spec, epochs
+        self.spec, self.epochs = spec, epochs  # a training.schedules.OneCycle
 
     def on_epoch_begin(self, epoch, logs=None):
-        lr, momentum = onecycle_at(epoch, self.spec, self.epochs)
+        lr, momentum = self.spec.at(epoch, self.epochs)
         optimizer = self.model.optimizer
         if not optimizer.built:  # fit builds a LossScaleOptimizer only at its first step
             optimizer.build(self.model.trainable_variables)
@@ -40,15 +39,16 @@ class TorchReduceLROnPlateau(keras.callbacks.Callback):
     Keras's `min_delta` is absolute); the rate drops once the bad epochs *exceed*
     `patience` (Keras: reach it); cooldown is counted after the improvement
     check; and a reduction smaller than `eps` is skipped, so the rate stops at
-    1e-8 where Keras would keep dividing."""
+    1e-8 where Keras would keep dividing. `spec` is a training.schedules.Plateau,
+    which holds the fields and their defaults."""
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, threshold=1e-4,
-                 cooldown=0, min_lr=0.0, eps=1e-8, mode="auto", verbose=0, state_dir=None):
+    def __init__(self, spec, eps=1e-8, mode="auto", verbose=0, state_dir=None):
         super().__init__()
-        if factor >= 1.0:
-            raise ValueError(f"factor must be below 1; got {factor}.")
-        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
-        self.threshold, self.cooldown, self.min_lr = float(threshold), int(cooldown), float(min_lr)
+        spec.check_more(1)  # factor below 1
+        monitor = spec.monitor
+        self.monitor, self.factor, self.patience = monitor, float(spec.factor), int(spec.patience)
+        self.threshold, self.cooldown = float(spec.threshold), int(spec.cooldown)
+        self.min_lr = float(spec.min_lr)
         self.eps, self.verbose = float(eps), verbose
         self.maximize = mode == "max" or (mode == "auto" and "acc" in monitor)
         self.best, self.wait, self.cooldown_counter = None, 0, 0
@@ -121,20 +121,3 @@ class TorchReduceLROnPlateau(keras.callbacks.Callback):
             optimizer.learning_rate = new
             if self.verbose:
                 print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:.4g}.")
-
-
-def schedule_callbacks(spec, base_lr, epochs, state_dir=None):
-    """The callbacks that apply `spec`; state_dir keeps the plateau counters for resumes."""
-    kind = spec["kind"]
-    if kind == "onecycle":
-        return [OneCycle(spec, epochs)]
-    if kind == "plateau":
-        return [TorchReduceLROnPlateau(
-            monitor=spec.get("monitor", "val_loss"), factor=spec.get("factor", 0.1),
-            patience=spec.get("patience", 10), threshold=spec.get("threshold", 1e-4),
-            cooldown=spec.get("cooldown", 0), min_lr=spec.get("min_lr", 0.0), verbose=1,
-            state_dir=state_dir,
-        )]
-    if kind in ("constant", "step_iterations"):
-        return []
-    return [keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr_at(epoch, spec, base_lr, epochs))]

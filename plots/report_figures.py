@@ -10,8 +10,6 @@ import math
 import os
 
 from plots.style import COLORS, bar_chart, line_chart
-from training import schedules
-from training.optimizers import optimizer_learning_rate
 
 LINESTYLES = ["-", "--", "-.", ":"]
 CURVE_GROUPS = ("cnn_progression", "norm_comparison", "mobilenetv2_expansion", "optimizer_comparison")
@@ -158,15 +156,14 @@ def resnet5m_scatter(runs, chosen, out, experiments, groups):
 def recipe_rates(recipe):
     """The learning rate at the start of each epoch, from the recipe alone (None for
     plateau, which depends on the run)."""
-    lr = recipe.optimizer["learning_rate"]
-    kind = recipe.schedule["kind"]
-    if kind == "plateau":
+    lr, schedule = recipe.optimizer["learning_rate"], recipe.schedule
+    if schedule.per_epoch_rate:
+        return [schedule.lr_at(epoch, lr, recipe.epochs) for epoch in range(recipe.epochs)]
+    rate = schedule.optimizer_rate(lr)
+    if isinstance(rate, float):  # plateau: the rates depend on the run
         return None
-    if kind == "step_iterations":
-        steps_per_epoch = math.ceil((50000 - recipe.val_split) / recipe.batch_size)
-        rate = optimizer_learning_rate(recipe.schedule, lr)
-        return [float(rate(epoch * steps_per_epoch)) for epoch in range(recipe.epochs)]
-    return [schedules.lr_at(epoch, recipe.schedule, lr, recipe.epochs) for epoch in range(recipe.epochs)]
+    steps_per_epoch = math.ceil((50000 - recipe.val_split) / recipe.batch_size)
+    return [float(rate(epoch * steps_per_epoch)) for epoch in range(recipe.epochs)]
 
 
 def schedule_figures(out, experiments):

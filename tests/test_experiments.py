@@ -24,7 +24,7 @@ from experiments.recipes import EXPERIMENTS, GROUPS
 from training.optimizer_specs import SGD
 from training.schedules import Cosine, Step
 from training import schedules
-from training.optimizers import build_optimizer, optimizer_learning_rate
+from training.optimizers import build_optimizer
 from training.recipe import RecipeError, apply_override, apply_overrides, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def test_recipe_pieces_build_and_run_on_a_batch(name):
     lr = spec.pop("learning_rate")
     build_optimizer(spec.pop("name"), learning_rate=lr, **spec)
     if recipe.schedule["kind"] in schedules.EPOCH_KINDS:
-        rates = [schedules.lr_at(e, recipe.schedule, lr, recipe.epochs) for e in range(recipe.epochs)]
+        rates = [recipe.schedule.lr_at(e, lr, recipe.epochs) for e in range(recipe.epochs)]
         assert all(np.isfinite(rates)) and min(rates) >= 0
     if recipe.mixup:
         Mixer(**recipe.mixup)
@@ -96,7 +96,7 @@ def test_recipe_pieces_build_and_run_on_a_batch(name):
 def recipe_lrs(name):
     recipe = EXPERIMENTS[name]
     lr = recipe.optimizer["learning_rate"]
-    return [schedules.lr_at(e, recipe.schedule, lr, recipe.epochs) for e in range(recipe.epochs)]
+    return [recipe.schedule.lr_at(e, lr, recipe.epochs) for e in range(recipe.epochs)]
 
 
 def test_recipe_schedules_give_the_papers_rates():
@@ -124,7 +124,7 @@ def test_recipe_schedules_give_the_papers_rates():
         "plateau", "val_loss", 0.1, 5)
     for depth in (20, 110):
         he = EXPERIMENTS[f"resnet{depth}"]
-        rate = optimizer_learning_rate(he.schedule, he.optimizer["learning_rate"])
+        rate = he.schedule.optimizer_rate(he.optimizer["learning_rate"])
         # Keras passes the updates done so far: the update after 32,000 uses 0.01.
         assert float(rate(31999)) == pytest.approx(0.1) and float(rate(32000)) == pytest.approx(0.01)
         assert float(rate(47999)) == pytest.approx(0.01) and float(rate(48000)) == pytest.approx(0.001)

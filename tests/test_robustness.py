@@ -181,13 +181,15 @@ def test_plateau_counters_survive_a_resume(tmp_path):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.001), loss="mse")
     state_dir = str(tmp_path / "backup")
-    first = TorchReduceLROnPlateau(patience=5, state_dir=state_dir, monitor="val_loss")
+    from training.schedules import Plateau
+
+    first = TorchReduceLROnPlateau(Plateau(patience=5, monitor="val_loss"), state_dir=state_dir)
     first.set_model(model)
     first.on_train_begin()
     losses = [1.0, 0.9, 0.95, 0.97, 0.99]
     for epoch, loss in enumerate(losses):
         first.on_epoch_end(epoch, {"val_loss": loss, "learning_rate": 0.001})
-    resumed = TorchReduceLROnPlateau(patience=5, state_dir=state_dir, monitor="val_loss")
+    resumed = TorchReduceLROnPlateau(Plateau(patience=5, monitor="val_loss"), state_dir=state_dir)
     resumed.set_model(model)
     resumed.on_train_begin()
     resumed.on_epoch_begin(5)  # training resumes after 5 epochs

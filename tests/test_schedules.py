@@ -7,11 +7,27 @@ import keras
 import numpy as np
 import pytest
 
-from callbacks.schedules import TorchReduceLROnPlateau, schedule_callbacks
-from training import schedules
-from training.optimizers import optimizer_learning_rate
+from callbacks.schedules import TorchReduceLROnPlateau
+from common.spec import classes
 from experiments.recipes import EXPERIMENTS
-from training.schedules import lr_at, onecycle_at
+from training import schedules
+from training.schedules import Plateau, schedule
+
+
+def lr_at(epoch, spec, base, epochs):
+    return schedule(spec).lr_at(epoch, base, epochs)
+
+
+def onecycle_at(epoch, spec, epochs):
+    return schedule({**spec, "kind": "onecycle"}).at(epoch, epochs)
+
+
+def optimizer_learning_rate(spec, base):
+    return schedule(spec).optimizer_rate(base)
+
+
+def schedule_callbacks(spec, base, epochs):
+    return schedule(spec).callbacks(base, epochs)
 
 
 def lrs(spec, base, epochs):
@@ -150,7 +166,7 @@ def _plateau_against_torch(losses, **options):
         expected.append(optimizer.param_groups[0]["lr"])
         scheduler.step(loss)
 
-    callback = TorchReduceLROnPlateau(monitor="val_loss", **options)
+    callback = TorchReduceLROnPlateau(Plateau(monitor="val_loss", **options))
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     callback.set_model(model)
@@ -218,7 +234,7 @@ def test_fields_a_kind_cannot_use_are_refused(spec, message):
 
 
 def test_every_field_a_kind_takes_is_read():
-    """FIELDS lists what lr_at, the callbacks and the optimizer schedule read: setting
+    """The fields a kind declares are what lr_at, the callbacks and the optimizer schedule read: setting
     each listed field to a second valid value changes the rates the kind gives."""
     second = {"boundaries": [3], "values": [0.5, 0.05], "factor": 0.5, "gamma": 0.5,
               "t_max": 4, "eta_min": 0.01, "periodic": False, "max_lr": 0.2, "total": 12,
@@ -227,21 +243,21 @@ def test_every_field_a_kind_takes_is_read():
     base = {"step": {"boundaries": [5]}, "kth_step": {}, "exponential": {"gamma": 0.9},
             "cosine": {"t_max": 6}, "onecycle": {"max_lr": 0.1},
             "step_iterations": {"boundaries": [5]}}
-    for kind, fields in schedules.FIELDS.items():
+    for kind, fields in {kind: cls.field_names() for kind, cls in classes("schedule").items()}.items():
         if kind in ("constant", "plateau"):  # plateau's fields go to its callback, below
             continue
         for field in fields:
             spec = {"kind": kind, **base[kind]}
             edited = {**spec, field: second[field]}
             if field == "values":  # one more value than the kind's boundaries
-                boundaries = spec.get("boundaries") or schedules.kth_step_boundaries(10)
+                boundaries = spec.get("boundaries") or schedules.KthStep().boundaries_for(10)
                 edited["values"] = [0.5] + [0.05] * len(boundaries)
             schedules.validate(edited, 10)
             if kind == "step_iterations":
                 rates = [[float(optimizer_learning_rate(s, 0.1)(step)) for step in range(10)]
                          for s in (spec, edited)]
             elif kind == "onecycle":
-                rates = [[schedules.onecycle_at(e, s, 10) for e in range(10)] for s in (spec, edited)]
+                rates = [[onecycle_at(e, s, 10) for e in range(10)] for s in (spec, edited)]
             else:
                 rates = [lrs(s, 0.1, 10) for s in (spec, edited)]
             assert rates[0] != rates[1], (kind, field)

@@ -48,7 +48,6 @@ from training.distribute import DistributeError, non_chief_worker, placement as 
 from training.losses import loss_and_metrics
 from common import spec
 from training.optimizer_specs import Optimizer
-from training.optimizers import optimizer_learning_rate
 from training.schedules import Constant, Schedule
 from training.recipe import RecipeError, normalised_recipe, training_fields, validate
 
@@ -261,7 +260,7 @@ def compile_model(model, recipe, optimizer, schedule, jit_compile="auto", steps_
     optimizer, schedule = spec.parse("optimizer", optimizer), spec.parse("schedule", schedule)
     loss, metrics = loss_and_metrics(recipe)
     model.compile(
-        optimizer=optimizer.build(optimizer_learning_rate(schedule, optimizer.learning_rate)),
+        optimizer=optimizer.build(schedule.optimizer_rate(optimizer.learning_rate)),
         loss=loss, metrics=metrics, jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )

@@ -19,8 +19,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from training import schedules
-
 
 def _torch_gradients(gradients, values):
     """The gradients as torch tensors of their variables' dtypes. Torch's own
@@ -381,14 +379,6 @@ class IterationSteps(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"boundaries": self.boundaries, "values": self.values}
-
-
-def optimizer_learning_rate(spec, base_lr):
-    """What the optimizer is built with: a float, or (step_iterations) a schedule
-    counting optimizer steps."""
-    if spec["kind"] != "step_iterations":
-        return float(base_lr)
-    return IterationSteps(*schedules.step_values(spec, base_lr))
 
 
 from training.recipe import MOMENTUM_FIELDS, OPTIMIZERS, STYLES  # noqa: E402,F401
