@@ -48,6 +48,12 @@ class DataView:
         return dataclasses.replace(self, **changes)
 
 
+def rule(check, meaning, default=dataclasses.MISSING):
+    """A field whose value must pass `check`; `Spec.check_fields` refuses another with
+    "<family>.<field> must be <meaning>; got <value>"."""
+    return dataclasses.field(default=default, metadata={"check": check, "meaning": meaning})
+
+
 class Spec(DataView):
     """A kind of a family: its class is found by the discriminator's value."""
     family: ClassVar[str]  # "schedule", "optimizer", "normalization"
@@ -62,6 +68,14 @@ class Spec(DataView):
     def to_dict(self):
         """The discriminator and every field whose value is set."""
         return {self.key: self.kind, **super().to_dict()}
+
+    def check_fields(self):
+        """Raises ValueError naming the first set field that breaks its rule."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if "check" in field.metadata and value is not None and not field.metadata["check"](value):
+                raise ValueError(f"{self.family}.{field.name} must be "
+                                 f"{field.metadata['meaning']}; got {value!r}.")
 
 
 def classes(family):

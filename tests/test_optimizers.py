@@ -126,7 +126,7 @@ def test_keras_style_rejects_coupled_decay():
 def test_each_optimizer_reads_the_momentum_fields_the_recipe_check_allows(style):
     """MOMENTUM_FIELDS, which the recipe check uses to refuse unread fields, is what
     build_optimizer passes on: a momentum an optimizer is said to read reaches it."""
-    from training.optimizers import MOMENTUM_FIELDS
+    from training.optimizer_specs import MOMENTUM_FIELDS
 
     for name, fields in MOMENTUM_FIELDS.items():
         optimizer = build_optimizer(name, learning_rate=0.1, style=style, momentum=0.5,

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from training.optimizer_specs import OPTIMIZERS, STYLES
+
 
 def _torch_gradients(gradients, values):
     """The gradients as torch tensors of their variables' dtypes. Torch's own
@@ -380,8 +382,6 @@ class IterationSteps(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"boundaries": self.boundaries, "values": self.values}
 
-
-from training.recipe import MOMENTUM_FIELDS, OPTIMIZERS, STYLES  # noqa: E402,F401
 
 
 def build_optimizer(name, *, learning_rate, style="torch", momentum=0.0, nesterov=False,

@@ -17,7 +17,8 @@ from data.noise import validate_noise
 from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalization, Normalizer
 from common import spec
 from training import schedules
-from training.optimizer_specs import MOMENTUM_FIELDS, OPTIMIZERS, STYLES, Optimizer
+from training import optimizer_specs
+from training.optimizer_specs import Optimizer
 from training.schedules import Schedule
 
 
@@ -69,7 +70,7 @@ class Recipe:
         them), checked with each family's own messages."""
         try:
             if isinstance(self.optimizer, dict):
-                self.optimizer = spec.parse("optimizer", _optimizer_fields(self.optimizer))
+                self.optimizer = optimizer_specs.optimizer(self.optimizer)
             if isinstance(self.schedule, dict):
                 epochs = self.epochs if isinstance(self.epochs, int) and self.epochs >= 1 else 1
                 self.schedule = schedules.schedule(self.schedule, epochs)
@@ -116,27 +117,6 @@ def normalised_recipe(value):
         return Recipe.from_dict(value).to_dict()
     except (RecipeError, TypeError):
         return value
-
-
-def _optimizer_fields(value):
-    """An optimizer's dict form checked as recipes always were: a known name and
-    style, and no momentum the optimizer would ignore (a zero or false one is
-    dropped)."""
-    name = value.get("name")
-    if name not in OPTIMIZERS:
-        raise RecipeError(f"optimizer.name must be one of {OPTIMIZERS}; got {name!r}.")
-    if value.get("style", "torch") not in STYLES:
-        raise RecipeError(f"optimizer.style must be one of {STYLES}; got {value.get('style')!r}.")
-    fields = dict(value)
-    for key, off in (("momentum", "0"), ("nesterov", "false")):
-        if key in fields and key not in MOMENTUM_FIELDS[name]:
-            if fields[key]:
-                readers = [n for n, read in MOMENTUM_FIELDS.items() if key in read]
-                raise RecipeError(
-                    f"optimizer.{key}={json.dumps(fields[key])} is not read by {name}; set it to "
-                    f"{off} or use an optimizer that reads it ({', '.join(readers)}).")
-            del fields[key]
-    return fields
 
 
 def _family_keys(family):
@@ -323,36 +303,12 @@ def validate(recipe):
          f"eval_batch_size must be a whole number >= 1; got {recipe.eval_batch_size!r}.")
     need(0.0 <= recipe.label_smoothing < 1.0,
          f"label_smoothing must lie in [0, 1); got {recipe.label_smoothing!r}.")
-    optimizer = recipe.optimizer
-    need(optimizer.get("name") in OPTIMIZERS,
-         f"optimizer.name must be one of {OPTIMIZERS}; got {optimizer.get('name')!r}.")
-    need(optimizer.get("style", "torch") in STYLES,
-         f"optimizer.style must be one of {STYLES}; got {optimizer.get('style')!r}.")
-    lr = optimizer.get("learning_rate")
-    need(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
-         f"optimizer.learning_rate must be a number > 0; got {lr!r}.")
-    for key in ("momentum", "weight_decay"):
-        value = optimizer.get(key, 0.0)
-        need(isinstance(value, (int, float)) and value >= 0,
-             f"optimizer.{key} must be a number >= 0; got {value!r}.")
-    need(0 <= optimizer.get("momentum", 0.0) < 1,
-         f"optimizer.momentum must lie in [0, 1); got {optimizer.get('momentum')!r}.")
-    nesterov = optimizer.get("nesterov", False)
-    need(isinstance(nesterov, bool), f"optimizer.nesterov must be true or false; got {nesterov!r}.")
-    reads = MOMENTUM_FIELDS[optimizer["name"]]
-    for key, value, off in (("momentum", optimizer.get("momentum", 0.0), "0"),
-                            ("nesterov", nesterov, "false")):
-        readers = [name for name, fields in MOMENTUM_FIELDS.items() if key in fields]
-        need(not value or key in reads,
-             f"optimizer.{key}={json.dumps(value)} is not read by {optimizer['name']}; set it "
-             f"to {off} or use an optimizer that reads it ({', '.join(readers)}).")
-    clip = optimizer.get("clipvalue")
-    need(clip is None or (isinstance(clip, (int, float)) and clip > 0),
-         f"optimizer.clipvalue must be a number > 0 or null; got {clip!r}.")
-    try:
+    try:  # each section's own checks, whose messages name the field
+        optimizer_specs.optimizer(recipe.optimizer).check()
         schedules.validate(recipe.schedule, recipe.epochs)
     except (ValueError, KeyError, TypeError) as error:
-        raise RecipeError(str(error)) from None  # its messages name the schedule
+        raise RecipeError(str(error)) from None
+    lr = recipe.optimizer.learning_rate
     normalization = recipe.normalization
     need(normalization.get("kind") in NORMALIZATION_KINDS,
          f"normalization.kind must be one of {NORMALIZATION_KINDS}; got {normalization.get('kind')!r}.")

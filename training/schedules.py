@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from common.spec import Spec, classes, parse
+from common.spec import Spec, classes, parse, rule
 
 
 def _number(value):
@@ -26,11 +26,6 @@ def _number(value):
 
 def _whole(value):
     return _number(value) and float(value).is_integer()
-
-
-def rule(check, meaning, default=dataclasses.MISSING):
-    """A field whose value must pass `check` ("schedule.<field> must be <meaning>")."""
-    return dataclasses.field(default=default, metadata={"check": check, "meaning": meaning})
 
 
 POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
@@ -49,11 +44,7 @@ class Schedule(Spec):
 
     def check(self, epochs):
         """Raises ValueError naming the first field that cannot run `epochs` epochs."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if "check" in field.metadata and value is not None and not field.metadata["check"](value):
-                raise ValueError(f"schedule.{field.name} must be {field.metadata['meaning']}; "
-                                 f"got {value!r}.")
+        self.check_fields()
         self.check_more(epochs)
 
     def check_more(self, epochs):
