@@ -8,6 +8,7 @@ import os
 import keras
 
 from common import files
+from training import record
 
 
 class OneCycleCallback(keras.callbacks.Callback):
@@ -54,7 +55,7 @@ class TorchReduceLROnPlateau(keras.callbacks.Callback):
         self.best, self.wait, self.cooldown_counter = None, 0, 0
         # Its counters (best, bad epochs, cooldown) outlive a kill: saved per epoch
         # next to BackupAndRestore's files and restored for the epoch it resumes at.
-        self.state_path = os.path.join(state_dir, "plateau_state.json") if state_dir else None
+        self.state_path = os.path.join(state_dir, record.PLATEAU_STATE) if state_dir else None
 
     def on_train_begin(self, logs=None):
         self.best, self.wait, self.cooldown_counter = None, 0, 0

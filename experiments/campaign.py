@@ -15,7 +15,6 @@ summary (what finished, what stopped where, what never started) goes to
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -114,7 +113,7 @@ def run_state(output_dir, name, run_id):
     if status is None:
         return "not started", 0
     try:
-        logged = record.logged_epochs(os.path.join(run_dir, "history.csv"))
+        logged = record.logged_epochs(os.path.join(run_dir, record.HISTORY))
     except record.HistoryError:
         logged = 0
     return status["status"], logged

@@ -27,8 +27,7 @@ if ROOT not in sys.path:
 from plots.run_plots import plot_run  # noqa: E402
 from training import record  # noqa: E402
 
-RECORD_FILES = ("config.json", "status.json", "history.csv", "metrics.json",
-                "accuracy.png", "accuracy.json", "loss.png", "loss.json", "lr.png", "lr.json")
+RECORD_FILES = record.RECORD  # the run folder's layout: training/record.py
 
 
 def collect(runs_dir, target, experiments=()):
@@ -57,7 +56,7 @@ def collect(runs_dir, target, experiments=()):
 
 
 SEARCH_FILES = ("search.json", "oracle.json", "results.json", "best_command.txt")
-TRIAL_RUN_FILES = ("config.json", "status.json", "history.csv", "metrics.json", "trial.json")
+TRIAL_RUN_FILES = (record.CONFIG, record.STATUS, record.HISTORY, record.METRICS, "trial.json")
 
 
 def collect_search(source, target):

@@ -78,7 +78,7 @@ def main(argv=None):
         print(f"{os.path.dirname(trained.path)} is read-only: evaluation.json was not written; "
               f"pass --out DIR to keep it.")
         return 0
-    record.write_json(os.path.join(folder, "evaluation.json"), {
+    record.write_json(os.path.join(folder, record.EVALUATION), {
         "model": os.path.abspath(trained.path), "dataset": trained.dataset,
         "label_mode": trained.label_mode, "data_source": data.source, "data_origin": data.origin,
         "test_images": len(data.x_test), "class_names": names, **result})

@@ -39,7 +39,7 @@ def recorded_data_dir(trained):
     """The local CIFAR copy the run recorded it trained on, where it is still there."""
     from training import record
 
-    config_path = os.path.join(trained.run_dir or "", "config.json")
+    config_path = os.path.join(trained.run_dir or "", record.CONFIG)
     if not os.path.exists(config_path):
         return None
     try:
@@ -74,11 +74,11 @@ def _run_model(run_dir, data_dir):
     best.keras and the run's normalisation (fitted again on its training images)."""
     from training import record
 
-    path = os.path.join(run_dir, "model.keras")
+    path = os.path.join(run_dir, record.MODEL)
     if os.path.exists(path):
         return path
-    best = os.path.join(run_dir, "best.keras")
-    config_path = os.path.join(run_dir, "config.json")
+    best = os.path.join(run_dir, record.BEST)
+    config_path = os.path.join(run_dir, record.CONFIG)
     if not (os.path.exists(best) and os.path.exists(config_path)):
         raise InferenceError(f"{run_dir} holds no model.keras or best.keras: pass a run folder "
                              f"that experiments/run.py finished, or a .keras file.")
@@ -117,7 +117,7 @@ def load(path, data_dir=None):
     model_path = _run_model(path, data_dir) if run_dir else path
     if not model_path.endswith(".keras"):
         raise InferenceError(f"{path} is not a .keras file or a run folder.")
-    if os.path.basename(model_path) == "best.keras":
+    if os.path.basename(model_path) == record.BEST:
         raise InferenceError(f"{path} takes normalised images; pass its run folder or the "
                              f"model.keras beside it, which takes raw pixels.")
     try:
@@ -126,7 +126,7 @@ def load(path, data_dir=None):
         raise InferenceError(f"{model_path} does not load as a Keras model "
                              f"({type(error).__name__}: {str(error)[:200]}).") from None
     outputs = model.outputs[0].shape[-1]
-    config_path = os.path.join(os.path.dirname(model_path), "config.json")
+    config_path = os.path.join(os.path.dirname(model_path), record.CONFIG)
     if os.path.exists(config_path):
         recipe = record.read_json(config_path)["recipe"]
         dataset, label_mode = recipe.get("dataset", "cifar10"), recipe.get("label_mode", "fine")

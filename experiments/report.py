@@ -142,9 +142,9 @@ def load_runs(runs_dir):
                 if status.get("status") != "completed":
                     problems.append(f"{where}: status {status.get('status', 'missing')}, skipped")
                     continue
-                config = record.read_json(os.path.join(path, "config.json"))
-                metrics = record.read_json(os.path.join(path, "metrics.json"))
-                history = record.read_history(os.path.join(path, "history.csv"))
+                config = record.read_json(os.path.join(path, record.CONFIG))
+                metrics = record.read_json(os.path.join(path, record.METRICS))
+                history = record.read_history(os.path.join(path, record.HISTORY))
             except (OSError, ValueError, KeyError) as error:
                 problems.append(f"{where}: unreadable record ({type(error).__name__}), skipped")
                 continue

@@ -171,7 +171,7 @@ def run_trial_process(args, edits, runs_dir, run_id):
                           {**info, "status": "failed", "reason": reason})
         raise RuntimeError(f"trial {run_id}: {reason}")
     process = {"process": child.pid, "resident_mb": round(usage.ru_maxrss / 2**10, 1)}  # KiB
-    return record.read_json(os.path.join(run_dir, "metrics.json")), process
+    return record.read_json(os.path.join(run_dir, record.METRICS)), process
 
 
 def train_trial(spec):
@@ -309,10 +309,10 @@ def collect_results(args):
         run_dir = os.path.join(folder, "runs", search.base, f"trial_{trial_id}")
         info = record.read_json(os.path.join(run_dir, "trial.json")) if os.path.exists(
             os.path.join(run_dir, "trial.json")) else {}
-        metrics = record.read_json(os.path.join(run_dir, "metrics.json")) if os.path.exists(
-            os.path.join(run_dir, "metrics.json")) else {}
-        config = record.read_json(os.path.join(run_dir, "config.json")) if os.path.exists(
-            os.path.join(run_dir, "config.json")) else {}
+        metrics = record.read_json(os.path.join(run_dir, record.METRICS)) if os.path.exists(
+            os.path.join(run_dir, record.METRICS)) else {}
+        config = record.read_json(os.path.join(run_dir, record.CONFIG)) if os.path.exists(
+            os.path.join(run_dir, record.CONFIG)) else {}
         status = info.get("status") or saved.get("status", "").lower()
         if saved.get("status") in ("FAILED", "INVALID"):
             status = "failed"
@@ -393,9 +393,9 @@ def write_outputs(args):
     if not completed:
         return None
     best = max(completed, key=lambda t: t["score"])
-    source = os.path.join(folder, best["run_dir"], "best.keras")
+    source = os.path.join(folder, best["run_dir"], record.BEST)
     if os.path.exists(source):
-        files.atomic_file(os.path.join(folder, "best.keras"),
+        files.atomic_file(os.path.join(folder, record.BEST),
                           lambda temporary: shutil.copyfile(source, temporary))
     command = "python experiments/run.py " + search.base + "".join(
         f" --set '{edit}'" for edit in list(args.set) + best["edits"]

@@ -59,8 +59,8 @@ def plot_run(run_dir):
     metrics.json, history.csv); the legends say what each curve was scored against."""
     from training import record
 
-    config = record.read_json(os.path.join(run_dir, "config.json"))
-    metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
+    config = record.read_json(os.path.join(run_dir, record.CONFIG))
+    metrics = record.read_json(os.path.join(run_dir, record.METRICS))
     recipe = config["recipe"]
     # The training curves are scored against what trained: mixed or noisy labels.
     against = [note for note, applies in (
@@ -70,6 +70,6 @@ def plot_run(run_dir):
               "validation (test set)" if metrics.get("validation_is_test", True)
               else "validation (held out)")
     title = config["experiment"] + (" (quick)" if config.get("quick") else "")
-    return write_run_plots(record.read_history(os.path.join(run_dir, "history.csv")), run_dir,
+    return write_run_plots(record.read_history(os.path.join(run_dir, record.HISTORY)), run_dir,
                            title, recipe.get("monitor", "val_accuracy"), labels,
                            metrics.get("paper_accuracy"))

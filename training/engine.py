@@ -1,16 +1,5 @@
-"""Trains one recipe with `model.fit` and Keras callbacks, and writes its run record.
-
-runs/<experiment>/<run-id>/
-  config.json   resolved recipe, backend, versions, seed, git commit, data source
-  status.json   running | completed | failed (with reason) | interrupted
-  history.csv   one row per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds
-  metrics.json  final and best accuracies, parameters, wall time, images/s
-  best.keras    the best epoch by the recipe's monitor (loads with `import cifar_repro`)
-  model.keras   best.keras for inference: raw pixels in, plain Keras layers (loads anywhere)
-  noise.npz     with label noise: the true and noisy training labels and the flipped indices
-  head.keras    with transfer: the network after its head-only stage
-  accuracy.png, loss.png, lr.png
-  backup/       BackupAndRestore's state while the run is unfinished
+"""Trains one recipe with `model.fit` and Keras callbacks, and writes its run record
+(the folder's layout and writers: training/record.py).
 
 Rerunning the same command resumes an unfinished run from its last finished
 epoch; a finished run is reported and left alone.
@@ -220,7 +209,7 @@ def _apply_noise(spec, seed, run_dir, train, num_classes):
     if spec.get("seed") is not None:
         seed = spec["seed"]
     noisy, flipped = corrupt_labels(y_train, num_classes, spec["kind"], spec["rate"], seed)
-    record.write_npz(os.path.join(run_dir, "noise.npz"), true_labels=y_train,
+    record.write_npz(os.path.join(run_dir, record.NOISE), true_labels=y_train,
                      noisy_labels=noisy, flipped_indices=np.flatnonzero(flipped))
     summary = {"noise_kind": spec["kind"], "noise_rate": spec["rate"], "noise_seed": seed,
                "noise_flipped": int(flipped.sum()),
@@ -242,13 +231,13 @@ class Stage:
 
 def _stages(recipe):
     if not recipe.transfer:
-        return [Stage("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, "backup")]
+        return [Stage("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, record.BACKUP)]
     head_epochs = recipe.transfer.get("head_epochs", 0)
     head_optimizer = recipe.optimizer.replace(learning_rate=recipe.transfer.get(
         "head_learning_rate", recipe.optimizer.learning_rate))
-    stages = [Stage("head", 0, head_epochs, head_optimizer, Constant(), "backup-head"),
+    stages = [Stage("head", 0, head_epochs, head_optimizer, Constant(), record.BACKUP_HEAD),
               Stage("finetune", head_epochs, recipe.epochs, recipe.optimizer, recipe.schedule,
-                    "backup")]
+                    record.BACKUP)]
     return [stage for stage in stages if stage.end_epoch > stage.first_epoch]
 
 
@@ -304,10 +293,10 @@ def _finished_record(recipe, run_dir, status):
     if state not in ("completed", "damaged"):
         return None
     stages_left = any(backup.generations(os.path.join(run_dir, name))
-                      for name in ("backup", "backup-head"))
+                      for name in (record.BACKUP, record.BACKUP_HEAD))
     try:
-        metrics = record.read_json(os.path.join(run_dir, "metrics.json"))
-        logged = record.logged_epochs(os.path.join(run_dir, "history.csv"))
+        metrics = record.read_json(os.path.join(run_dir, record.METRICS))
+        logged = record.logged_epochs(os.path.join(run_dir, record.HISTORY))
     except (OSError, ValueError) as error:
         metrics, logged = None, f"unreadable ({type(error).__name__})"
     if state == "damaged":
@@ -327,7 +316,7 @@ def _finished_record(recipe, run_dir, status):
 
 def _check_existing(run_dir, config):
     """Refuses to mix a changed recipe into an existing run; says how to start fresh."""
-    path = os.path.join(run_dir, "config.json")
+    path = os.path.join(run_dir, record.CONFIG)
     if not os.path.exists(path):
         return None
     try:
@@ -480,7 +469,7 @@ def _train_locked(recipe, options, full_epochs, placement, run_dir, config, crea
         prepared = _prepare(recipe, options, placement, run_dir, config)
         # Written once the network builds, so that a run refused before leaves no
         # record that a corrected rerun would have to match.
-        record.write_json(os.path.join(run_dir, "config.json"), config)
+        record.write_json(os.path.join(run_dir, record.CONFIG), config)
     record.write_status(run_dir, "running")
     start = time.time()
     for stage in prepared.stages:
@@ -538,7 +527,7 @@ def _prepare(recipe, options, placement, run_dir, config):
     native.NATIVE_TORCH = recipe.fast_path
     config["fast_path_active"] = native_graph.active()  # the PyTorch backend, Keras as tested
     stages = _stages(recipe)
-    head_path = os.path.join(run_dir, "head.keras")
+    head_path = os.path.join(run_dir, record.HEAD)
     # Variables are created (mirrored or sharded) by the strategy, under the precision's policy.
     with placement.scope(), precision_policy(options.precision):
         if recipe.transfer and os.path.exists(head_path):
@@ -571,7 +560,7 @@ def _augment_path(recipe, options, run_dir, config):
                                             options.distribute)
     except ValueError as error:
         raise RunError(str(error)) from None
-    path = os.path.join(run_dir, "config.json")
+    path = os.path.join(run_dir, record.CONFIG)
     if os.path.exists(path):
         try:
             began = record.read_json(path).get("augment_on", "host")
@@ -600,7 +589,7 @@ def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history
         *([Deadline(options.deadline, [row.get("seconds") for row in history])]
           if options.deadline is not None else []),
         keras.callbacks.TerminateOnNaN(),
-        AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=recipe.monitor,
+        AtomicModelCheckpoint(os.path.join(run_dir, record.BEST), monitor=recipe.monitor,
                               mode="min" if "loss" in recipe.monitor else "max",
                               save_best_only=True,
                               initial_value_threshold=best_so_far[0] if best_so_far else None),
@@ -611,7 +600,7 @@ def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history
     if options.tensorboard:  # scalars per epoch: loss, accuracy, lr, seconds
         callback_list.append(keras.callbacks.TensorBoard(
             os.path.join(run_dir, "tensorboard"), histogram_freq=0, write_graph=False))
-    return callback_list + [keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"),
+    return callback_list + [keras.callbacks.CSVLogger(os.path.join(run_dir, record.HISTORY),
                                                       append=True),
                             AtomicBackupAndRestore(backup_dir, resume_from)]
 
@@ -621,7 +610,7 @@ def _resume_point(recipe, run_dir, stage):
     backup that reads and whose rows history.csv holds; a damaged file passed over
     is named, and one that leaves nothing to resume from is refused with the fix."""
     backup_dir = os.path.join(run_dir, stage.backup)
-    history_path = os.path.join(run_dir, "history.csv")
+    history_path = os.path.join(run_dir, record.HISTORY)
     try:
         logged = record.logged_epochs(history_path)
     except record.HistoryError:
@@ -640,11 +629,11 @@ def _resume_point(recipe, run_dir, stage):
     for note in notes:
         print(f"{recipe.name}: {note}; resuming from the generation before it "
               f"({folder}), which trains again what followed.", file=sys.stderr)
-    best = os.path.join(run_dir, "best.keras")
+    best = os.path.join(run_dir, record.BEST)
     if os.path.exists(best) and not record.zip_reads(best):
         raise RunError(f"{recipe.name}: {best} is damaged, and the best epoch's weights with it; "
                        f"pass --run-id NAME to train the run again (or delete {run_dir}).")
-    plateau = os.path.join(backup_dir, "plateau_state.json")
+    plateau = os.path.join(backup_dir, record.PLATEAU_STATE)
     if os.path.exists(plateau):
         try:
             record.read_json(plateau)
@@ -665,7 +654,7 @@ def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
                                 steps_per_execution=options.steps_per_execution)
     placement.prepare(model)
     done, resume_from = _resume_point(recipe, run_dir, stage)
-    history = record.truncate_history(os.path.join(run_dir, "history.csv"), done)
+    history = record.truncate_history(os.path.join(run_dir, record.HISTORY), done)
     if done > stage.first_epoch or (done and stage.name == "finetune"):
         print(f"{recipe.name}: resuming {run_dir} after epoch {done} of {recipe.epochs}.")
     guard = InterruptGuard()
@@ -704,12 +693,12 @@ def _fit_stage(recipe, options, placement, run_dir, prepared, stage):
         record.write_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
         raise
     if stage.name == "head":
-        record.save_model(prepared.model, os.path.join(run_dir, "head.keras"))
+        record.save_model(prepared.model, os.path.join(run_dir, record.HEAD))
 
 
 def _finish(recipe, options, run_dir, prepared, full_epochs, start):
     """A NaN check, the test scores, metrics.json, model.keras and the status."""
-    history = record.read_history(os.path.join(run_dir, "history.csv"))
+    history = record.read_history(os.path.join(run_dir, record.HISTORY))
     nan_epochs = [row["epoch"] for row in history if not np.isfinite(row.get("loss", 0.0))]
     if nan_epochs:
         reason = f"loss became NaN in epoch {nan_epochs[0] + 1} (TerminateOnNaN stopped the run)"
@@ -718,7 +707,7 @@ def _finish(recipe, options, run_dir, prepared, full_epochs, start):
     model, test = prepared.model, prepared.test
     if prepared.trainer is not model:  # the device path compiled its wrapper
         model.compile(loss=loss_and_metrics(recipe)[0], metrics=loss_and_metrics(recipe)[1])
-    best_path = os.path.join(run_dir, "best.keras")
+    best_path = os.path.join(run_dir, record.BEST)
     best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
     if options.score_test and (not prepared.val_from_test or len(prepared.val[0]) < len(test[0])):
@@ -735,9 +724,9 @@ def _finish(recipe, options, run_dir, prepared, full_epochs, start):
                        prepared.val_from_test, test_scores)
     metrics.update(wall_seconds_this_session=time.time() - start, quick=options.quick,
                    full_recipe_epochs=full_epochs, **prepared.noise_summary)
-    record.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    record.write_json(os.path.join(run_dir, record.METRICS), metrics)
     # The best model for use outside the suite: raw pixels in, plain Keras layers.
-    save_inference_model(best_model, prepared.normalizer, os.path.join(run_dir, "model.keras"))
+    save_inference_model(best_model, prepared.normalizer, os.path.join(run_dir, record.MODEL))
     record.write_status(run_dir, "completed")
     return metrics
 

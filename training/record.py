@@ -1,4 +1,22 @@
-"""The run record: atomic writes, status, config and history files of a run directory."""
+"""The run folder: its layout, and the writers and readers of its files.
+
+runs/<experiment>/<run-id>/ (engine.py trains it; collect.py copies RECORD out):
+  config.json         resolved recipe, backend, versions, seed, git commit, data source,
+                      augmentation path
+  status.json         running | completed | failed (with reason) | interrupted | damaged
+  history.csv         one row per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds
+  metrics.json        final and best accuracies, parameters, wall time, images/s
+  best.keras          the best epoch by the recipe's monitor (loads with `import cifar_repro`)
+  model.keras         best.keras for inference: raw pixels in, plain Keras layers (loads anywhere)
+  noise.npz           with label noise: the true and noisy labels and the flipped indices
+  head.keras          with transfer: the network after its head-only stage
+  evaluation.json     experiments/evaluate.py's scores
+  accuracy.png, loss.png, lr.png and a .json of each figure's numbers (plots/run_plots.py)
+  backup/, backup-head/  the newest backup generations while unfinished (training/backup.py),
+                      with plateau_state.json (the plateau counters) beside them
+  .lock               the one process writing the folder (FolderLock)
+Every file is written atomically (common/files.py).
+"""
 
 import csv
 import io
@@ -10,6 +28,15 @@ import time
 
 from common.files import (FILE_MODE, atomic_file, atomic_write_text,  # noqa: F401
                           read_json, write_json, write_npz, zip_reads)
+
+CONFIG, STATUS, HISTORY, METRICS = "config.json", "status.json", "history.csv", "metrics.json"
+BEST, MODEL, HEAD = "best.keras", "model.keras", "head.keras"
+NOISE, EVALUATION, LOCK = "noise.npz", "evaluation.json", ".lock"
+BACKUP, BACKUP_HEAD, PLATEAU_STATE = "backup", "backup-head", "plateau_state.json"
+PLOTS = ("accuracy", "loss", "lr")  # each as .png and .json
+# What a finished record is, without weights: what collect.py copies into results/.
+RECORD = (CONFIG, STATUS, HISTORY, METRICS) + tuple(
+    f"{name}.{extension}" for name in PLOTS for extension in ("png", "json"))
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -27,7 +54,7 @@ def write_status(run_dir, status, reason=None, **extra):
         value.update(pid=os.getpid(), host=platform.node())
     if reason:
         value["reason"] = reason
-    write_json(os.path.join(run_dir, "status.json"), value)
+    write_json(os.path.join(run_dir, STATUS), value)
 
 
 def _alive(pid):
@@ -43,7 +70,7 @@ def _alive(pid):
 def read_status(run_dir):
     """status.json; a `running` run whose process on this machine is gone (killed,
     crashed, the machine restarted) reads as `interrupted`."""
-    path = os.path.join(run_dir, "status.json")
+    path = os.path.join(run_dir, STATUS)
     if not os.path.exists(path):
         return None
     try:
@@ -177,7 +204,7 @@ class FolderLock:
 
     def __init__(self, folder, what="folder"):
         self.folder, self.what = folder, what
-        self.path = os.path.join(folder, ".lock")
+        self.path = os.path.join(folder, LOCK)
         self._stream = None
 
     def acquire(self):

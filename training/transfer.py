@@ -14,6 +14,7 @@ import os
 import keras
 
 from models.native_graph import Network
+from training import record
 from models.layers import LOGITS_DTYPE
 
 
@@ -26,10 +27,10 @@ def source_checkpoint(transfer, output_dir, seed, quick):
     source = transfer["source"]
     run = transfer.get("run")
     if run and (os.sep in run or run.endswith(".keras") or os.path.exists(run)):
-        path = os.path.join(run, "best.keras") if os.path.isdir(run) else run
+        path = os.path.join(run, record.BEST) if os.path.isdir(run) else run
     else:
         run_id = run or f"seed{seed}" + ("-quick" if quick else "")
-        path = os.path.join(output_dir, source, run_id, "best.keras")
+        path = os.path.join(output_dir, source, run_id, record.BEST)
     if not os.path.isfile(path):
         command = f"python experiments/run.py {source}" + (f" --seed {seed}" if seed else "")
         command += " --quick" if quick else ""
