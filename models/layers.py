@@ -99,7 +99,7 @@ class SubsampleChannelPad(layers.Layer):
         if keras.backend.backend() == "torch" and type(x).__module__ == "torch":
             import torch
 
-            # The same zeros without keras.ops.pad's dispatch (~0.2 ms a call).
+            # The same zeros without keras.ops.pad's dispatch (cost: reports/throughput_notes.md).
             return torch.nn.functional.pad(x, (self.channels_before, self.channels_after))
         return keras.ops.pad(
             x, [[0, 0], [0, 0], [0, 0], [self.channels_before, self.channels_after]]

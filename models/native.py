@@ -52,8 +52,8 @@ def _channels_last_view(inputs):
 
 
 def _as_tensor(value):
-    """A torch tensor as it is (ops.convert_to_tensor's dispatch costs ~5 us a
-    call, three times a layer); anything else through Keras."""
+    """A torch tensor as it is (skipping ops.convert_to_tensor's dispatch, three
+    times a layer); anything else through Keras."""
     import torch
 
     return value if type(value) is torch.Tensor else ops.convert_to_tensor(value)
@@ -93,12 +93,9 @@ def _strided_depthwise_conv():
     float32: for bf16 tensors on a CPU, depthwise convolutions with a stride.
 
     Why: for a strided depthwise convolution in bf16, oneDNN's backward-data
-    pass (brgconv_strided) takes 25-150x its float32 time on a CPU without
-    AMX: 115 ms against 4.4 for MobileNetV2's 128x168x32x32 stride-2 layer,
-    99 ms against 0.7 for its 672-channel one (2-core AVX-512 CPU, PyTorch
-    2.13, batch 128). With the casts (the output gradient and the kernel to
-    float32, the input gradient back) the layer's input gradient takes 8.6 ms
-    against 121, and 1.3 ms against 104. The forward pass and the kernel's
+    pass (brgconv_strided) is many times slower than in float32 on a CPU
+    without AMX; with the casts (the output gradient and the kernel to float32,
+    the input gradient back) it is not (measurements: reports/throughput_notes.md). The forward pass and the kernel's
     gradient stay in bf16, where they are fast. The input gradient is the same
     sum, rounded to bf16 once (bf16 oneDNN accumulates in float32 too). Built
     on first use, since torch is only imported on the PyTorch backend.
@@ -232,7 +229,7 @@ class BatchNormalization(layers.BatchNormalization):
         # statistics as they are and computes in float32 inside the kernel
         # (the same numbers, without two copies of the activation). Torch's own
         # casts: `.to` is free when the dtype already matches (Keras's ops.cast
-        # costs ~15 us a call in Python).
+        # is a Python-level call each time).
         inputs = _as_tensor(inputs)
         dtype = torch.promote_types(inputs.dtype, torch.float32)
         half = inputs.dtype in (torch.bfloat16, torch.float16)
@@ -247,9 +244,8 @@ class BatchNormalization(layers.BatchNormalization):
                                       (self.moving_variance, variance)):
                     moving.assign(moving.value * self.momentum + batch * (1.0 - self.momentum))
             else:
-                # The same update in place, two kernels a statistic: Variable.assign
-                # and the four ops around it cost ~50 us a layer in Python, about
-                # 1 ms of a ResNet-20 step (19 BatchNorms).
+                # The same update in place, two kernels a statistic, instead of
+                # Variable.assign and the four ops around it in Python.
                 with torch.no_grad():
                     self.moving_mean.value.mul_(self.momentum).add_(
                         mean, alpha=1.0 - self.momentum)

@@ -108,10 +108,9 @@ class Network(keras.Model):
     that, on the PyTorch backend, runs its graph calling each plain layer's
     `call` directly.
 
-    Why: Keras's Layer.__call__ costs about 0.2 ms a layer on the PyTorch
-    backend (dtype and structure checks, call-context bookkeeping, torch
-    module hooks): 21 ms of a batch-1 ResNet-20 forward against 8 ms without
-    it, and about 15% of a 128-image inference. Only layers for which
+    Why: Keras's Layer.__call__ is costly on the PyTorch backend (dtype and
+    structure checks, call-context bookkeeping, torch module hooks), most of a
+    batch-1 forward (measurements: reports/throughput_notes.md). Only layers for which
     __call__ adds nothing but dtype handling are called directly (see
     `_DIRECT_LAYERS`), with that dtype handling (input casts, autocast scopes)
     done as __call__ does it; other layers keep their __call__, and masks and
@@ -162,8 +161,7 @@ class Network(keras.Model):
         tensors no later step reads).
 
         Why a plan rather than Functional's walk: the walk re-derives the
-        order and argument mapping on every call (about 6 ms of a ResNet-20
-        forward), and keeps every activation alive until the call returns;
+        order and argument mapping on every call, and keeps every activation alive until the call returns;
         releasing each one after its last reader lets PyTorch's allocator hand
         the same, cache-warm memory to the next layer during inference (in
         training autograd keeps what the backward pass needs either way)."""
@@ -465,8 +463,7 @@ def _writable(inputs):
 def _relu_in_place(layer):
     """A ReLU that overwrites its input, which no other layer reads: the same
     values and gradients without a new activation (eager PyTorch code does
-    this with nn.ReLU(inplace=True)); measured on the PyTorch port, about 1%
-    of a ResNet-20 training step and 2% of ModifiedResNet's."""
+    this with nn.ReLU(inplace=True))."""
     import torch
 
     def call(inputs):
@@ -509,8 +506,8 @@ def _binder(arguments):
     """tensors -> (args, kwargs) for a node's recorded arguments. The two shapes
     a functional CNN records, tensors as positional arguments (BatchNormalization
     also records mask=None) and one list of tensors (Add, Multiply), are bound
-    by index; anything else goes through Keras's own fill_in, whose tree walks
-    cost ~20 us a node."""
+    by index; anything else goes through Keras's own fill_in (a tree walk per
+    node)."""
     args, kwargs = arguments.args, arguments.kwargs
     if not any(isinstance(value, keras.KerasTensor) for value in tree.flatten(kwargs)):
         if all(isinstance(value, keras.KerasTensor) for value in args):

@@ -5,10 +5,8 @@ to at most 32 MiB as large blocks are freed) fresh pages from the kernel, and
 returns freed memory at the top of its heap beyond its trim threshold. A
 convolutional network at batch 128 allocates and frees activations of 1-60
 MiB at every layer, so every batch faults its working memory in again, page
-by page. Measured for ResNet-20 inference at batch 128 on a 2-core VM, eager
-PyTorch and Keras alike: about 30,000 page faults and 35 of 75 ms per batch
-in the kernel; with freed memory kept in the process, almost none, and
-training ran 1.18-1.36x as fast (benchmarks/throughput.py). PyTorch's CPU
+by page; with freed memory kept in the process it does not (the page faults
+and speed measured: reports/throughput_notes.md, benchmarks/throughput.py). PyTorch's CPU
 allocator caches nothing itself; the jemalloc or tcmalloc that PyTorch's
 performance tuning guide suggests keep freed memory in the same way.
 

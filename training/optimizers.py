@@ -24,8 +24,7 @@ from training.optimizer_specs import OPTIMIZERS, STYLES
 
 def _torch_gradients(gradients, values):
     """The gradients as torch tensors of their variables' dtypes. Torch's own
-    cast (free where the dtype matches); ops.convert_to_tensor's dispatch cost
-    ~10 us a variable."""
+    cast (free where the dtype matches), not ops.convert_to_tensor's dispatch."""
     import torch
 
     return [g.to(v.dtype) if isinstance(g, torch.Tensor)
@@ -63,8 +62,7 @@ def _with_decay(gradient, variable, decay):
 class _TorchClip:
     """On the PyTorch backend, `clipvalue` clips each gradient with torch.clamp
     directly; Keras's ops.clip converts and checks every gradient on the way
-    (se_resnet_mixup's 87 gradients: 4.2 -> 1.1 ms a step on a 2-core AVX2 CPU,
-    whatever the batch size). Out of place, as ops.clip: the gradients handed in
+    (measured: reports/throughput_notes.md). Out of place, as ops.clip: the gradients handed in
     stay as they are."""
 
     def _clip_gradients(self, grads):
@@ -120,8 +118,7 @@ class TorchSGD(_TorchClip, keras.optimizers.Optimizer):
         if keras.backend.backend() != "torch":
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         # PyTorch backend: update_step's arithmetic on all variables at once, as
-        # Keras's own SGD does there (one Python-level update per variable cost
-        # ~3% of a ResNet-20 step on a CPU).
+        # Keras's own SGD does there, not one Python-level update per variable.
         import torch
 
         with torch.no_grad():
@@ -133,9 +130,7 @@ class TorchSGD(_TorchClip, keras.optimizers.Optimizer):
             if momentum:
                 # torch.optim.SGD(fused=True)'s kernel: the same update in one
                 # pass over each variable, its gradient and its buffer (reading
-                # the momentum variable is free on a CPU). Measured there (2-core
-                # AVX-512 CPU): resnet5m_row6's update 6.3 -> 1.8 ms, ResNet-20's
-                # 1.0 -> 0.4 ms (torch.optim's own loop: 3.1 and 0.5 ms). Without
+                # the momentum variable is free on a CPU; measured: reports/throughput_notes.md). Without
                 # momentum the kernel keeps no buffer, which the path below does
                 # keep (one-cycle may raise the momentum later).
                 torch._fused_sgd_(
