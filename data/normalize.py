@@ -122,6 +122,14 @@ class Normalization(Spec):
     def build(self):
         return Normalizer(self.kind, **{k: v for k, v in self.to_dict().items() if k != "kind"})
 
+    def check(self):
+        """Raises ValueError naming the first field a run could not use."""
+        stats = getattr(self, "stats", None)
+        if self.kind == "channel" and stats not in CHANNEL_STATS:
+            raise ValueError(f"normalization.stats must be one of {sorted(CHANNEL_STATS)}; "
+                             f"got {stats!r}.")
+        self.build()  # the Normalizer's own checks, as the run will make them
+
 
 @dataclasses.dataclass(frozen=True)
 class Scale(Normalization):

@@ -14,7 +14,7 @@ from data.augment import Augmenter
 from data.cifar import DATASETS, VAL_SELECTIONS
 from data.mixing import Mixer
 from data.noise import validate_noise
-from data.normalize import CHANNEL_STATS, KINDS as NORMALIZATION_KINDS, Normalization, Normalizer
+from data.normalize import Normalization, normalization
 from common import spec
 from training import schedules
 from training import optimizer_specs
@@ -75,8 +75,7 @@ class Recipe:
                 epochs = self.epochs if isinstance(self.epochs, int) and self.epochs >= 1 else 1
                 self.schedule = schedules.schedule(self.schedule, epochs)
             if isinstance(self.normalization, dict):
-                Normalizer(**self.normalization)  # the kind's own message for a field it does not read
-                self.normalization = spec.parse("normalization", self.normalization)
+                self.normalization = normalization(self.normalization)
         except (ValueError, TypeError, KeyError) as error:
             raise RecipeError(str(error).strip("'\"")) from None
         if isinstance(self.mixup, dict):
@@ -306,19 +305,10 @@ def validate(recipe):
     try:  # each section's own checks, whose messages name the field
         optimizer_specs.optimizer(recipe.optimizer).check()
         schedules.validate(recipe.schedule, recipe.epochs)
+        normalization(recipe.normalization).check()
     except (ValueError, KeyError, TypeError) as error:
         raise RecipeError(str(error)) from None
     lr = recipe.optimizer.learning_rate
-    normalization = recipe.normalization
-    need(normalization.get("kind") in NORMALIZATION_KINDS,
-         f"normalization.kind must be one of {NORMALIZATION_KINDS}; got {normalization.get('kind')!r}.")
-    if normalization.get("kind") == "channel":
-        need(normalization.get("stats") in CHANNEL_STATS,
-             f"normalization.stats must be one of {sorted(CHANNEL_STATS)}; got {normalization.get('stats')!r}.")
-    try:
-        Normalizer(**normalization)  # checks the fields the kind reads, as the run will
-    except ValueError as error:
-        raise RecipeError(str(error)) from None
     need(isinstance(recipe.augment, list), f"augment must be a list of ops; got {recipe.augment!r}.")
     for field, check in (("augment", Augmenter), ("mixup", lambda v: v and Mixer(**v)),
                          ("noise", lambda v: v and validate_noise(v, recipe.dataset))):
