@@ -14,8 +14,6 @@ The ops that follow Pillow (AutoAugment, colour jitter, rotation, translation,
 grayscale and autocontrast on uint8) stay on the host: `unsupported` names them.
 """
 
-import time
-
 import numpy as np
 
 import keras
@@ -93,9 +91,8 @@ class DeviceBatches(CifarBatches):
         self.mix_kind = mix.kind if mix else None
         self.training = training
 
-    def batch(self, epoch, index):
-        start = time.perf_counter()
-        picked = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+    def make(self, epoch, index):
+        picked = self.picked(epoch, index)
         x = self.images[picked]
         inputs = {"images": x}
         rng = np.random.default_rng([self.seed, epoch, 1, index]) if self.training else None
@@ -104,7 +101,7 @@ class DeviceBatches(CifarBatches):
                      else _identity(name, x.shape, options))
             inputs.update({f"aug{position}_{key}": _as_input(value)
                            for key, value in drawn.items()})
-        y = np.eye(self.num_classes, dtype=np.float32)[self.labels[picked]]
+        y = self.one_hot(picked)
         if self.mix_kind:
             params = self.mix.params(self.seed, epoch, index, x.shape) if self.training else None
             y = self.mix.mix_labels(y, params)
@@ -115,12 +112,7 @@ class DeviceBatches(CifarBatches):
             inputs["mix_partner"] = params["partner"].astype(np.int32)
             if self.mix_kind == "cutmix":
                 inputs["mix_box"] = np.tile(np.asarray(params["box"], np.int32), (count, 1))
-        if self.label_column:
-            y = np.concatenate([y, self.labels[picked, None].astype(np.float32)], axis=1)
-        seconds = time.perf_counter() - start
-        with self._lock:
-            self.input_seconds += seconds
-        return inputs, y
+        return inputs, self.labels_out(y, picked)
 
 
 # ------------------------------------------------------------------ the ops, in keras.ops
@@ -285,7 +277,7 @@ def _input_specs(batches, sample):
 def training_model(network, batches, normalizer):
     """A model that trains `network` (the same variables) from DeviceBatches' inputs.
     `trainer.network` is the network, which the checkpoint callbacks save."""
-    sample, _ = batches.batch(0, 0)
+    sample, _ = batches.make(0, 0)
     inputs = _input_specs(batches, sample)
     augment = DeviceAugment(batches.ops, normalizer, batches.mix_kind, name="device_augment")
     trainer = keras.Model(inputs, network(augment(inputs)), name=f"{network.name}_trainer")

@@ -89,20 +89,36 @@ class CifarBatches(keras.utils.PyDataset):
     def batch(self, epoch, index):
         """Batch `index` of `epoch`: a function of (seed, epoch, index) alone."""
         start = time.perf_counter()
-        picked = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        built = self.make(epoch, index)
+        seconds = time.perf_counter() - start
+        with self._lock:
+            self.input_seconds += seconds
+        return built
+
+    def picked(self, epoch, index):
+        """The indices of batch `index` of `epoch`."""
+        return self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def one_hot(self, picked):
+        return np.eye(self.num_classes, dtype=np.float32)[self.labels[picked]]
+
+    def labels_out(self, y, picked):
+        """The labels as the loss takes them: with each image's own class as one more
+        column in mixup runs (training.losses)."""
+        if self.label_column:
+            y = np.concatenate([y, self.labels[picked, None].astype(np.float32)], axis=1)
+        return y
+
+    def make(self, epoch, index):
+        picked = self.picked(epoch, index)
         x = self.images[picked]
         if self.augment:
             x = self.augment(x, np.random.default_rng([self.seed, epoch, 1, index]))
         x = self.normalize(x) if self.normalize else x.astype(np.float32)
-        y = np.eye(self.num_classes, dtype=np.float32)[self.labels[picked]]
+        y = self.one_hot(picked)
         if self.mix:
             x, y = self.mix(x, y, self.seed, epoch, index)
-        if self.label_column:
-            y = np.concatenate([y, self.labels[picked, None].astype(np.float32)], axis=1)
-        seconds = time.perf_counter() - start
-        with self._lock:
-            self.input_seconds += seconds
-        return x, y
+        return x, self.labels_out(y, picked)
 
     def __getitem__(self, index):
         if not 0 <= index < len(self):
