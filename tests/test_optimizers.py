@@ -116,9 +116,13 @@ def test_keras_places_epsilon_elsewhere(name, keras_class):
 
 
 def test_keras_style_rejects_coupled_decay():
+    from training.optimizer_specs import SGD
+
     with pytest.raises(ValueError, match="per-layer L2"):
-        build_optimizer("sgd", learning_rate=0.1, style="keras", weight_decay=1e-4)
-    with pytest.raises(ValueError, match="Unknown optimizer"):
+        SGD(learning_rate=0.1, style="keras", weight_decay=1e-4).check()
+    with pytest.raises(ValueError, match="per-layer L2"):
+        SGD(learning_rate=0.1, style="keras", weight_decay=1e-4).build()
+    with pytest.raises(ValueError, match="Unknown optimizer 'lion'"):
         build_optimizer("lion", learning_rate=0.1)
 
 

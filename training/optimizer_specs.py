@@ -37,12 +37,16 @@ class Optimizer(Spec):
         momentum = getattr(self, "momentum", 0.0)
         if not 0 <= momentum < 1:
             raise ValueError(f"optimizer.momentum must lie in [0, 1); got {momentum!r}.")
+        if self.style == "keras" and self.weight_decay:
+            raise ValueError("Keras-style recipes regularise through per-layer L2; set "
+                             "optimizer.weight_decay to 0 or use optimizer.style=torch.")
 
     def build(self, learning_rate=None):
         """The Keras optimizer; `learning_rate` (a float or a Keras schedule) replaces
         the spec's rate where given."""
         from training.optimizers import build_optimizer
 
+        self.check()
         options = {k: v for k, v in self.to_dict().items() if k not in ("name", "learning_rate")}
         return build_optimizer(self.kind, learning_rate=self.learning_rate if learning_rate is None
                                else learning_rate, **options)

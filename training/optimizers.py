@@ -19,7 +19,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from training.optimizer_specs import OPTIMIZERS, STYLES
 
 
 def _torch_gradients(gradients, values):
@@ -379,23 +378,22 @@ class IterationSteps(keras.optimizers.schedules.LearningRateSchedule):
 
 
 
+BUILT = {(style, name) for style in ("torch", "keras")
+         for name in ("sgd", "adam", "adagrad", "rmsprop")}
+
+
 def build_optimizer(name, *, learning_rate, style="torch", momentum=0.0, nesterov=False,
                     weight_decay=0.0, clipvalue=None):
-    """name: sgd | adam | adagrad | rmsprop. style "torch" uses PyTorch's update
-    rules and defaults (coupled `weight_decay`); "keras" the Keras optimizers as
-    paper 004 used them (regularisation lives in the layers, so no decay here).
+    """The Keras optimizer for arguments as an optimizer spec holds and has checked
+    them (training/optimizer_specs.py, where the rules live). style "torch" uses
+    PyTorch's update rules and defaults (coupled `weight_decay`); "keras" the Keras
+    optimizers as paper 004 used them (regularisation lives in the layers).
     `learning_rate` may be a float or a keras LearningRateSchedule."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
-    if style not in STYLES:
-        raise ValueError(f"Unknown optimizer style {style!r}; expected one of {STYLES}.")
+    if (style, name) not in BUILT:
+        raise ValueError(f"Unknown optimizer {name!r} in style {style!r}; expected one of "
+                         f"{sorted(BUILT)}.")
     common = dict(learning_rate=learning_rate, clipvalue=clipvalue)
     if style == "keras":
-        if weight_decay:
-            raise ValueError(
-                "Keras-style recipes regularise through per-layer L2; set "
-                "optimizer.weight_decay to 0 or use optimizer.style=torch."
-            )
         if name == "sgd":
             return keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
         if name == "rmsprop":
