@@ -2,7 +2,7 @@
 
 import os
 
-from common import files
+from foundation import files
 
 
 def markdown_table(header, rows, align=None):

@@ -7,7 +7,7 @@ import os
 
 import keras
 
-from common import files
+from foundation import files
 from training import record
 
 

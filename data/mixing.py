@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from common.spec import DataView
+from foundation.spec import DataView
 
 KINDS = ("mixup", "cutmix")
 GATES = ("batch", "epoch")

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from common.spec import Spec, parse
+from foundation.spec import Spec, parse
 
 # Per-channel constants, (mean, std) on the [0, 1] scale.
 CHANNEL_STATS = {
@@ -114,7 +114,7 @@ class Normalizer:
 
 
 # ---------------------------------------------------------------- typed specs
-# One frozen dataclass per kind (registry: common.spec.classes("normalization"));
+# One frozen dataclass per kind (registry: foundation.spec.classes("normalization"));
 # `.build()` makes the Normalizer, which checks the fields as a run would.
 class Normalization(Spec):
     family = "normalization"

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from common import files  # noqa: E402
+from foundation import files  # noqa: E402
 from experiments.searches import SEARCHES  # noqa: E402
 
 TUNERS = ("random", "bayesian", "hyperband")

@@ -110,7 +110,7 @@ def inference_model(model, normalizer, name=None):
 
 def save_inference_model(model, normalizer, path):
     """inference_model(...) written to `path` (a .keras file), atomically."""
-    from common.files import atomic_file
+    from foundation.files import atomic_file
 
     atomic_file(path, inference_model(model, normalizer).save)
     return path

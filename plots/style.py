@@ -25,7 +25,7 @@ def figure(title, xlabel, ylabel, size=(6.4, 4.2)):
 
 def save(fig, path):
     """Saves atomically and closes the figure."""
-    from common.files import atomic_file
+    from foundation.files import atomic_file
 
     try:
         atomic_file(path, lambda temporary: fig.savefig(temporary, dpi=120))
@@ -39,7 +39,7 @@ def write_data(path, title, xlabel, ylabel, series, **axes):
     as xscale="log"."""
     import json
 
-    from common.files import atomic_write_text
+    from foundation.files import atomic_write_text
 
     data = {"title": title, "xlabel": xlabel, "ylabel": ylabel, **axes,
             "series": [{key: value for key, value in line.items() if key != "style"}

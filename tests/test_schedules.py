@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from callbacks.schedules import TorchReduceLROnPlateau
-from common.spec import classes
+from foundation.spec import classes
 from experiments.recipes import EXPERIMENTS
 from training import schedules
 from training.schedules import Plateau, schedule

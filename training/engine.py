@@ -35,7 +35,7 @@ from training.machine import (cpu_flags, device_description, precision_warning, 
                               tensor_float_32, versions)
 from training.distribute import DistributeError, non_chief_worker, placement as make_placement
 from training.losses import loss_and_metrics
-from common import spec
+from foundation import spec
 from training.optimizer_specs import Optimizer
 from training.schedules import Constant, Schedule
 from training.recipe import RecipeError, normalised_recipe, training_fields, validate

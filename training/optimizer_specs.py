@@ -1,4 +1,4 @@
-"""The optimizer a recipe names, as typed specs (registry: common.spec.classes
+"""The optimizer a recipe names, as typed specs (registry: foundation.spec.classes
 ("optimizer")); `.build()` makes the Keras optimizer (training/optimizers.py).
 
 style "torch": torch.optim's rules and defaults, `weight_decay` coupled (added to
@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import ClassVar
 
-from common.spec import Spec, classes, parse, rule
+from foundation.spec import Spec, classes, parse, rule
 
 STYLES = ("torch", "keras")
 

@@ -15,7 +15,7 @@ from data.cifar import DATASETS, VAL_SELECTIONS
 from data.mixing import Mixer
 from data.noise import validate_noise
 from data.normalize import Normalization, normalization
-from common import spec
+from foundation import spec
 from training import schedules
 from training import optimizer_specs
 from training.optimizer_specs import Optimizer

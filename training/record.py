@@ -15,7 +15,7 @@ runs/<experiment>/<run-id>/ (engine.py trains it; collect.py copies RECORD out):
   backup/, backup-head/  the newest backup generations while unfinished (training/backup.py),
                       with plateau_state.json (the plateau counters) beside them
   .lock               the one process writing the folder (FolderLock)
-Every file is written atomically (common/files.py).
+Every file is written atomically (foundation/files.py).
 """
 
 import csv
@@ -26,7 +26,7 @@ import platform
 import subprocess
 import time
 
-from common.files import (FILE_MODE, atomic_file, atomic_write_text,  # noqa: F401
+from foundation.files import (FILE_MODE, atomic_file, atomic_write_text,  # noqa: F401
                           read_json, write_json, write_npz, zip_reads)
 
 CONFIG, STATUS, HISTORY, METRICS = "config.json", "status.json", "history.csv", "metrics.json"

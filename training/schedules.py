@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from common.spec import Spec, classes, parse, rule
+from foundation.spec import Spec, classes, parse, rule
 
 
 def _number(value):
