@@ -54,24 +54,6 @@ def choose_path(requested, recipe, has_gpu, distribute="none"):
     return requested
 
 
-def _identity(name, shape, options):
-    """Draws that leave every image as it is (validation batches)."""
-    count = shape[0]
-    if name == "crop":
-        padding = options.get("padding", 4)
-        return {"top": np.full(count, padding), "left": np.full(count, padding)}
-    if name in ("hflip", "vflip", "grayscale", "autocontrast"):
-        return {"chosen": np.zeros(count, bool)}
-    if name == "shift":
-        zero = np.zeros(count, np.float32)
-        return {"row0": np.zeros(count, np.int64), "col0": np.zeros(count, np.int64),
-                "wy": zero, "wx": zero}
-    if name == "cutout":
-        zero = np.zeros(count, np.int64)
-        return {"top": zero, "bottom": zero, "left": zero, "right": zero}
-    return {}
-
-
 def _as_input(value):
     value = np.asarray(value)
     if value.dtype == bool or np.issubdtype(value.dtype, np.integer):
@@ -95,10 +77,11 @@ class DeviceBatches(CifarBatches):
         picked = self.picked(epoch, index)
         x = self.images[picked]
         inputs = {"images": x}
-        rng = np.random.default_rng([self.seed, epoch, 1, index]) if self.training else None
+        # Validation batches carry draws of the same shapes, which the layer does not
+        # apply outside training.
+        rng = np.random.default_rng([self.seed, epoch, 1, index] if self.training else 0)
         for position, (name, options) in enumerate(self.ops):
-            drawn = (DRAWS[name](rng, x.shape, **options) if self.training
-                     else _identity(name, x.shape, options))
+            drawn = DRAWS[name](rng, x.shape, **options)
             inputs.update({f"aug{position}_{key}": _as_input(value)
                            for key, value in drawn.items()})
         y = self.one_hot(picked)
@@ -106,7 +89,7 @@ class DeviceBatches(CifarBatches):
             params = self.mix.params(self.seed, epoch, index, x.shape) if self.training else None
             y = self.mix.mix_labels(y, params)
             count = len(x)
-            if params is None:
+            if params is None:  # unmixed: each image with itself, all of it kept
                 params = {"lam": 1.0, "partner": np.arange(count), "box": (0, 0, 0, 0)}
             inputs["mix_lam"] = np.full(count, params["lam"], np.float32)
             inputs["mix_partner"] = params["partner"].astype(np.int32)
@@ -235,13 +218,14 @@ class DeviceAugment(keras.layers.Layer):
     def _normalize(self, x):
         return normalize(x, self.norm_kind, self.mean, self.std, self.scale_bug)
 
-    def augment(self, inputs):
-        """The images after the ops (normalised first under stage 'before')."""
+    def augment(self, inputs, training=True):
+        """The images after the ops (normalised first under stage 'before'); outside
+        training, normalised only."""
         x = ops.cast(inputs["images"], "float32")
         is_float = self.stage == "before"
         if is_float:
             x = self._normalize(x)
-        for position, (name, options) in enumerate(self.steps):
+        for position, (name, options) in enumerate(self.steps if training else ()):
             prefix = f"aug{position}_"
             drawn = {key[len(prefix):]: value for key, value in inputs.items()
                      if key.startswith(prefix)}
@@ -249,11 +233,11 @@ class DeviceAugment(keras.layers.Layer):
             x = OPS[name](x, drawn, is_float, **options)
         return x
 
-    def call(self, inputs):
-        x = self.augment(inputs)
+    def call(self, inputs, training=False):
+        x = self.augment(inputs, training)
         if self.stage == "after":
             x = self._normalize(x)
-        if self.mix_kind:
+        if self.mix_kind and training:
             partner = ops.take(x, inputs["mix_partner"], axis=0)
             if self.mix_kind == "mixup":
                 lam = _per_image(inputs["mix_lam"])
