@@ -706,7 +706,8 @@ def _finish(recipe, options, run_dir, prepared, full_epochs, start):
         raise RunError(f"{recipe.name}: {reason}. Lower the learning rate or check the data.")
     model, test = prepared.model, prepared.test
     if prepared.trainer is not model:  # the device path compiled its wrapper
-        model.compile(loss=loss_and_metrics(recipe)[0], metrics=loss_and_metrics(recipe)[1])
+        loss, scored = loss_and_metrics(recipe)  # instances of its own, as below
+        model.compile(loss=loss, metrics=scored)
     best_path = os.path.join(run_dir, record.BEST)
     best_model = keras.models.load_model(best_path) if os.path.exists(best_path) else model
     test_scores = {}
