@@ -26,8 +26,6 @@ from benchmarks.tables import markdown_table, write_report  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data.augment import Augmenter  # noqa: E402
-from data.mixing import Mixer  # noqa: E402
-from data.normalize import Normalizer  # noqa: E402
 from experiments.recipes import EXPERIMENTS  # noqa: E402
 
 BATCH = 128
@@ -47,8 +45,8 @@ FIT_CASES = [("resnet20", "resnet20"), ("modified_resnet", "modified_resnet")]
 def chain_step(recipe):
     """One training batch's input work, as CifarBatches does it."""
     augment = Augmenter(recipe.augment)
-    normalizer = Normalizer(**recipe.normalization)
-    mixer = Mixer(**recipe.mixup) if recipe.mixup else None
+    normalizer = recipe.normalization.build()
+    mixer = recipe.mixup
     rng = np.random.default_rng(0)
     sample = rng.integers(0, 256, (1024, 32, 32, 3), dtype=np.uint8)
     normalizer.fit(sample)
@@ -86,22 +84,19 @@ def fit_input_share(experiment, images=640):
     from callbacks import EpochSync
     from data.pipeline import CifarBatches
     from models import build_model
-    from training.optimizers import build_optimizer
 
     recipe = EXPERIMENTS[experiment]
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, images)
-    normalizer = Normalizer(**recipe.normalization).fit(x)
+    normalizer = recipe.normalization.build().fit(x)
     before = normalizer.stage == "before"
     batches = CifarBatches(normalizer(x) if before else x, y, 10, BATCH,
                            augment=Augmenter(recipe.augment),
                            normalize=None if before else normalizer,
-                           mix=Mixer(**recipe.mixup) if recipe.mixup else None, shuffle=True)
-    spec = dict(recipe.optimizer)
-    lr = spec.pop("learning_rate")
+                           mix=recipe.mixup, shuffle=True)
     model = build_model(recipe.model, 10, **recipe.model_args)
-    model.compile(optimizer=build_optimizer(spec.pop("name"), learning_rate=lr, **spec),
+    model.compile(optimizer=recipe.optimizer.build(),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     history = model.fit(batches, epochs=2, callbacks=[EpochSync(batches), EpochLog()],
                         shuffle=False, verbose=0).history

@@ -41,7 +41,6 @@ def measure(experiment, kind, images, epochs):
     from experiments.recipes import EXPERIMENTS
     from models import build_model
     from training.distribute import placement
-    from training.optimizers import build_optimizer
 
     where = placement(kind)  # before any op
     recipe = EXPERIMENTS[experiment]
@@ -49,10 +48,9 @@ def measure(experiment, kind, images, epochs):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(images, 32, 32, 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 10, images), 10)
-    spec = dict(recipe.optimizer)
     with where.scope():
         model = build_model(recipe.model, 10, **recipe.model_args)
-        model.compile(optimizer=build_optimizer(spec.pop("name"), **spec),
+        model.compile(optimizer=recipe.optimizer.build(),
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True))
         model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)  # compile, warm up
         started = time.perf_counter()

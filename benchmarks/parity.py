@@ -92,21 +92,21 @@ def compressed(recipe, case, epochs, train_images):
     """(run.py --set edits, the schedule numbers for the reference side)."""
     schedule, ratio = recipe.schedule, epochs / recipe.epochs
     edits, numbers = [], {}
-    kind = schedule["kind"]
+    kind = schedule.kind
     if case.phase == "mixup":  # the 400 mixup epochs squeezed into E, all of them mixed
         numbers = {"t_max": float(epochs), "stop_epoch": epochs}
     elif case.phase == "crossing":  # mixup, then one clean epoch just past T_max
         numbers = {"t_max": float(epochs - 1), "stop_epoch": epochs - 1}
     elif kind == "cosine":
-        numbers = {"t_max": schedule["t_max"] * ratio}
+        numbers = {"t_max": schedule.t_max * ratio}
     elif kind == "exponential":
-        numbers = {"gamma": schedule["gamma"] ** (recipe.epochs / epochs)}
+        numbers = {"gamma": schedule.gamma ** (recipe.epochs / epochs)}
     elif kind == "plateau":
-        numbers = {"patience": max(0, round(schedule["patience"] * ratio))}
+        numbers = {"patience": max(0, round(schedule.patience * ratio))}
     elif kind == "step_iterations":
         full = recipe.epochs * math.ceil(FULL_TRAIN_IMAGES / recipe.batch_size)
         ours = epochs * math.ceil(train_images / recipe.batch_size)
-        numbers = {"milestones": [max(1, round(b * ours / full)) for b in schedule["boundaries"]]}
+        numbers = {"milestones": [max(1, round(b * ours / full)) for b in schedule.boundaries]}
         edits.append(f"schedule.boundaries={json.dumps(numbers['milestones'])}")
     elif kind != "onecycle":  # one-cycle spans the run's epochs on both sides already
         raise ValueError(f"no compression rule for schedule {kind!r}")
@@ -148,7 +148,7 @@ def keras_side(case, recipe, args, edits, seed, out):
     run_id = f"parity-seed{seed}" + (f"-lr{args.lr_factor:g}" if args.lr_factor != 1 else "")
     sets = [f"train_images={args.train_images}", f"val_images={args.eval_images}", *edits]
     if args.lr_factor != 1:
-        sets.append(f"optimizer.learning_rate={recipe.optimizer['learning_rate'] * args.lr_factor}")
+        sets.append(f"optimizer.learning_rate={recipe.optimizer.learning_rate * args.lr_factor}")
     command = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), recipe.name,
                "--epochs", str(args.epochs), "--seed", str(seed), "--output-dir", out,
                "--run-id", run_id] + [part for edit in sets for part in ("--set", edit)]

@@ -76,7 +76,6 @@ class Case:
         import torch
 
         from benchmarks.torch_port import TorchPort, parameter_count
-        from data.normalize import Normalizer
         from experiments.recipes import EXPERIMENTS
         from models import build_model, count_params
         from training.engine import RunOptions, compile_model, precision_policy, training_batches
@@ -86,7 +85,7 @@ class Case:
         self.precision, self.steps, self.batch = precision, steps, batch
         self.torch = torch
         images, labels = synthetic_split(batch * (steps + 2))  # 2 warm-up steps
-        normalizer = Normalizer(**recipe.normalization).fit(images)
+        normalizer = recipe.normalization.build().fit(images)
         recipe_batch = dataclasses.replace(recipe, batch_size=batch)
         self.batches, _ = training_batches(recipe_batch, RunOptions(), normalizer,
                                            (images, labels), (images[:batch], labels[:batch]), 10)
@@ -104,9 +103,9 @@ class Case:
         if parameter_count(self.port) != self.params:
             raise SystemExit(f"error: the PyTorch port of {experiment} has "
                              f"{parameter_count(self.port):,} parameters, Keras {self.params:,}")
-        if recipe.optimizer["name"] not in ("sgd", "adam"):
-            raise SystemExit(f"error: no PyTorch optimizer mapped for {recipe.optimizer['name']!r}")
-        self.clipvalue = recipe.optimizer.get("clipvalue")
+        if recipe.optimizer.kind not in ("sgd", "adam"):
+            raise SystemExit(f"error: no PyTorch optimizer mapped for {recipe.optimizer.kind!r}")
+        self.clipvalue = recipe.optimizer.clipvalue
         self.smoothing = recipe.label_smoothing
 
     # ---------------------------------------------------------------- Keras
@@ -157,13 +156,10 @@ class Case:
 
         spec, torch = self.recipe.optimizer, self.torch
         groups = l2_groups(self.port, self.model)
-        if spec["name"] == "sgd":
-            return torch.optim.SGD(groups, lr=spec["learning_rate"],
-                                   momentum=spec.get("momentum", 0.0),
-                                   nesterov=spec.get("nesterov", False),
-                                   weight_decay=spec.get("weight_decay", 0.0))
-        return torch.optim.Adam(groups, lr=spec["learning_rate"],
-                                weight_decay=spec.get("weight_decay", 0.0))
+        if spec.kind == "sgd":
+            return torch.optim.SGD(groups, lr=spec.learning_rate, momentum=spec.momentum,
+                                   nesterov=spec.nesterov, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(groups, lr=spec.learning_rate, weight_decay=spec.weight_decay)
 
     def _autocast(self):
         if self.precision == "fp32":

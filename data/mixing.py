@@ -16,14 +16,14 @@ import dataclasses
 
 import numpy as np
 
-from foundation.spec import DataView
+from foundation.spec import Section
 
 KINDS = ("mixup", "cutmix")
 GATES = ("batch", "epoch")
 
 
 @dataclasses.dataclass(frozen=True)
-class Mixer(DataView):
+class Mixer(Section):
     kind: str = "mixup"
     alpha: float = 1.0  # Beta(alpha, alpha)
     p: float = 1.0  # probability that the gate opens
@@ -101,6 +101,15 @@ class Mixer(DataView):
             mixed[:, top:bottom, left:right] = x[partner, top:bottom, left:right]
         return mixed.astype(x.dtype, copy=False), self.mix_labels(y, params)
 
+
+
+def mixer(value):
+    """A recipe's mixup section from its dict form; None is off."""
+    if value is None or isinstance(value, Mixer):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"must be null or a group of keys ({', '.join(Mixer.field_names())}); got {value!r}.")
+    return Mixer(**value)
 
 def cutmix_box(size, lam, rng):
     """CutMix (Yun et al. 2019): a box of area (1 - lam) of the image, centred

@@ -12,7 +12,12 @@ kinds:
   pair             with probability `rate`, y -> (y + 1) mod C
 """
 
+import dataclasses
+from typing import ClassVar
+
 import numpy as np
+
+from foundation.spec import Section
 
 KINDS = ("symmetric", "symmetric_exact", "uniform", "asymmetric", "pair")
 # CIFAR-10 class indices: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog,
@@ -20,23 +25,32 @@ KINDS = ("symmetric", "symmetric_exact", "uniform", "asymmetric", "pair")
 CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 
 
-def validate_noise(spec, dataset="cifar10"):
-    """Raises ValueError naming what is wrong with a recipe's noise spec."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"noise must be a dict like {{'kind': 'symmetric', 'rate': 0.2}}; got {spec!r}")
-    unknown = sorted(set(spec) - {"kind", "rate", "seed"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; noise takes kind, rate, seed")
-    kind, rate = spec.get("kind"), spec.get("rate")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be a number in [0, 1]; got {rate!r}")
-    if kind == "asymmetric" and dataset != "cifar10":
-        raise ValueError(f"kind 'asymmetric' is CIFAR-10's class map; got dataset {dataset!r}")
-    seed = spec.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be a whole number >= 0 or null; got {seed!r}")
+@dataclasses.dataclass(frozen=True)
+class Noise(Section):
+    """A recipe's `noise` section: `rate` of the training labels changed as `kind` says,
+    drawn from `seed` (None: the run's seed)."""
+    field: ClassVar[str] = "noise"
+    kind: str = None  # one of KINDS
+    rate: float = None  # 0-1
+    seed: int | None = None
+
+    def check(self, dataset="cifar10"):
+        """Raises ValueError naming the field that cannot run on `dataset`."""
+        kind, rate, seed = self.kind, self.rate, self.seed
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be a number in [0, 1]; got {rate!r}")
+        if kind == "asymmetric" and dataset != "cifar10":
+            raise ValueError(f"kind 'asymmetric' is CIFAR-10's class map; got dataset {dataset!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a whole number >= 0 or null; got {seed!r}")
+        return self
+
+    def corrupt(self, labels, num_classes, run_seed):
+        """(noisy labels, mask of the labels that changed, the seed drawn from)."""
+        seed = run_seed if self.seed is None else self.seed
+        return (*corrupt_labels(labels, num_classes, self.kind, self.rate, seed), seed)
 
 
 def _other_class(labels, num_classes, rng):
@@ -47,7 +61,7 @@ def _other_class(labels, num_classes, rng):
 
 def corrupt_labels(labels, num_classes, kind, rate, seed):
     """Returns (noisy labels, boolean mask of the labels that changed)."""
-    validate_noise({"kind": kind, "rate": rate}, "cifar10" if kind == "asymmetric" else "any")
+    Noise(kind, rate).check("cifar10" if kind == "asymmetric" else "any")
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng([seed, 7])
     noisy = labels.copy()

@@ -1,11 +1,12 @@
-"""Typed recipe sections: one frozen dataclass per kind of schedule, optimizer,
-normalisation and mixer, each in its family's registry.
+"""Typed recipe sections: a frozen dataclass per section (noise, transfer, early
+stopping, mixer) or per kind of a family (schedule, optimizer, normalisation, each
+in its family's registry).
 
 A spec owns its fields and defaults (the dataclass), its checks and the objects
-it builds (methods of its class). It also reads as the plain data it stands for
-(`spec["kind"]`, `spec.get("t_max")`, `{**spec}`), which is what config.json
-holds: `to_dict()` is the discriminator (`kind`, or `name` for optimizers) and
-every field that is set. `parse(family, value)` makes a spec of a dict.
+it builds (methods of its class); code reads its fields as attributes. Its plain
+data, what config.json and --set hold, is `to_dict()`: the discriminator (`kind`,
+or `name` for optimizers) and every field that is set. `parse(family, value)`
+makes a spec of a dict.
 """
 
 import dataclasses
@@ -14,35 +15,33 @@ from typing import ClassVar
 REGISTRY = {}  # family -> {kind: class}
 
 
-class DataView:
-    """A dataclass that also reads as its dict form (`to_dict`), read-only."""
+class Section:
+    """A recipe section's dataclass, with its plain-data form (`to_dict`)."""
+    field: ClassVar[str]  # the recipe field it fills, in messages
 
     @classmethod
     def field_names(cls):
         return [field.name for field in dataclasses.fields(cls)]
 
+    @classmethod
+    def parse(cls, value):
+        """`value` as this section: None or an instance as it is, a dict by its fields
+        (an empty one is None: the section off); ValueError names what does not fit."""
+        if value is None or isinstance(value, cls):
+            return value
+        names = cls.field_names()
+        if not isinstance(value, dict):
+            raise ValueError(f"{cls.field} must be null or a group of keys ({', '.join(names)}); "
+                             f"got {value!r}.")
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"{cls.field} does not take {unknown}; it takes {', '.join(names)}.")
+        return cls(**value) if value else None
+
     def to_dict(self):
         """Every field whose value is set (None reads as absent)."""
         values = {name: getattr(self, name) for name in self.field_names()}
         return {k: v for k, v in values.items() if v is not None}
-
-    def __getitem__(self, name):
-        return self.to_dict()[name]
-
-    def get(self, name, default=None):
-        return self.to_dict().get(name, default)
-
-    def keys(self):
-        return self.to_dict().keys()
-
-    def __iter__(self):
-        return iter(self.to_dict())
-
-    def __len__(self):
-        return len(self.to_dict())
-
-    def __contains__(self, name):
-        return name in self.to_dict()
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -54,7 +53,7 @@ def rule(check, meaning, default=dataclasses.MISSING):
     return dataclasses.field(default=default, metadata={"check": check, "meaning": meaning})
 
 
-class Spec(DataView):
+class Spec(Section):
     """A kind of a family: its class is found by the discriminator's value."""
     family: ClassVar[str]  # "schedule", "optimizer", "normalization"
     key: ClassVar[str] = "kind"  # the discriminator's name in the dict form
@@ -85,7 +84,7 @@ def classes(family):
 def parse(family, value):
     """`value` as a spec of `family`: a spec as it is, a dict by its discriminator
     (fields the class does not declare raise ValueError naming them), None as None."""
-    if value is None or isinstance(value, DataView):
+    if value is None or isinstance(value, Section):
         return value
     if not isinstance(value, dict):
         raise ValueError(f"{family} must be a group of keys; got {value!r}.")
@@ -105,7 +104,7 @@ def parse(family, value):
 
 def to_data(value):
     """A recipe value as plain data: specs as their dicts, lists and dicts deeply."""
-    if isinstance(value, DataView):
+    if isinstance(value, Section):
         return {k: to_data(v) for k, v in value.to_dict().items()}
     if isinstance(value, dict):
         return {k: to_data(v) for k, v in value.items()}

@@ -156,7 +156,7 @@ def resnet5m_scatter(runs, chosen, out, experiments, groups):
 def recipe_rates(recipe):
     """The learning rate at the start of each epoch, from the recipe alone (None for
     plateau, which depends on the run)."""
-    lr, schedule = recipe.optimizer["learning_rate"], recipe.schedule
+    lr, schedule = recipe.optimizer.learning_rate, recipe.schedule
     if schedule.per_epoch_rate:
         return [schedule.lr_at(epoch, lr, recipe.epochs) for epoch in range(recipe.epochs)]
     rate = schedule.optimizer_rate(lr)
@@ -178,7 +178,7 @@ def schedule_figures(out, experiments):
             rates = recipe_rates(recipe)
             if rates is None:
                 continue
-            key = (json.dumps(recipe.schedule.to_dict(), sort_keys=True), recipe.optimizer["learning_rate"],
+            key = (json.dumps(recipe.schedule.to_dict(), sort_keys=True), recipe.optimizer.learning_rate,
                    recipe.batch_size, recipe.val_split)
             names, longest = distinct.get(key, ([], None))
             if longest is None or len(rates) > len(longest):

@@ -16,15 +16,12 @@ import numpy as np
 import pytest
 
 from data.augment import Augmenter
-from data.mixing import Mixer
-from data.noise import CIFAR10_ASYMMETRIC, corrupt_labels, validate_noise
-from data.normalize import Normalizer
+from data.noise import CIFAR10_ASYMMETRIC, corrupt_labels
 from data.normalize import PerImage
 from experiments.recipes import EXPERIMENTS, GROUPS
 from training.optimizer_specs import SGD
 from training.schedules import Cosine, Step
 from training import schedules
-from training.optimizers import build_optimizer
 from training.recipe import RecipeError, apply_override, apply_overrides, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +55,7 @@ def test_every_named_experiment_and_group_exists():
         assert set(members) <= set(EXPERIMENTS)
     assert GROUPS["resnet5m_table"] == [f"resnet5m_row{row}" for row in range(1, 13)]
     assert GROUPS["optimizer_comparison"] == [f"resnet5m_row{row}" for row in range(1, 5)]
-    sweep = [(EXPERIMENTS[name].noise["kind"], EXPERIMENTS[name].noise["rate"])
+    sweep = [(EXPERIMENTS[name].noise.kind, EXPERIMENTS[name].noise.rate)
              for name in GROUPS["noise_sweep"]]
     assert sweep == [("symmetric", 0.0), ("symmetric", 0.2), ("symmetric", 0.4),
                      ("symmetric", 0.6), ("symmetric", 0.8), ("asymmetric", 0.4)]
@@ -74,28 +71,25 @@ def test_recipe_pieces_build_and_run_on_a_batch(name):
     assert recipe.paper_source, "every experiment says where its number comes from"
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    normalizer = Normalizer(**recipe.normalization).fit(x)
+    normalizer = recipe.normalization.build().fit(x)
     if normalizer.stage == "before":
         x = normalizer(x)
     augmented = Augmenter(recipe.augment)(x, rng)
     assert augmented.shape == x.shape
     out = augmented if normalizer.stage == "before" else normalizer(augmented)
     assert out.dtype == np.float32 and np.isfinite(out).all()
-    spec = dict(recipe.optimizer)
-    lr = spec.pop("learning_rate")
-    build_optimizer(spec.pop("name"), learning_rate=lr, **spec)
-    if recipe.schedule["kind"] in schedules.EPOCH_KINDS:
+    recipe.optimizer.build()
+    lr = recipe.optimizer.learning_rate
+    if recipe.schedule.kind in schedules.EPOCH_KINDS:
         rates = [recipe.schedule.lr_at(e, lr, recipe.epochs) for e in range(recipe.epochs)]
         assert all(np.isfinite(rates)) and min(rates) >= 0
-    if recipe.mixup:
-        Mixer(**recipe.mixup)
     if recipe.noise:
-        validate_noise(recipe.noise, recipe.dataset)
+        recipe.noise.check(recipe.dataset)
 
 
 def recipe_lrs(name):
     recipe = EXPERIMENTS[name]
-    lr = recipe.optimizer["learning_rate"]
+    lr = recipe.optimizer.learning_rate
     return [recipe.schedule.lr_at(e, lr, recipe.epochs) for e in range(recipe.epochs)]
 
 
@@ -117,14 +111,14 @@ def test_recipe_schedules_give_the_papers_rates():
     assert len(se) == 416 and se[0] == pytest.approx(0.1) and se[400] == pytest.approx(0, abs=1e-12)
     np.testing.assert_allclose(se[400:], [0.05 * (1 + math.cos(math.pi * t / 400))
                                           for t in range(400, 416)], rtol=1e-9, atol=1e-15)
-    assert EXPERIMENTS["se_resnet_mixup"].mixup["stop_epoch"] == 400
-    assert EXPERIMENTS["se_resnet_mixup"].optimizer["clipvalue"] == 0.1
+    assert EXPERIMENTS["se_resnet_mixup"].mixup.stop_epoch == 400
+    assert EXPERIMENTS["se_resnet_mixup"].optimizer.clipvalue == 0.1
     plateau = EXPERIMENTS["modified_resnet"].schedule
-    assert (plateau["kind"], plateau["monitor"], plateau["factor"], plateau["patience"]) == (
+    assert (plateau.kind, plateau.monitor, plateau.factor, plateau.patience) == (
         "plateau", "val_loss", 0.1, 5)
     for depth in (20, 110):
         he = EXPERIMENTS[f"resnet{depth}"]
-        rate = he.schedule.optimizer_rate(he.optimizer["learning_rate"])
+        rate = he.schedule.optimizer_rate(he.optimizer.learning_rate)
         # Keras passes the updates done so far: the update after 32,000 uses 0.01.
         assert float(rate(31999)) == pytest.approx(0.1) and float(rate(32000)) == pytest.approx(0.01)
         assert float(rate(47999)) == pytest.approx(0.01) and float(rate(48000)) == pytest.approx(0.001)
@@ -136,13 +130,13 @@ def test_recipe_schedules_give_the_papers_rates():
     assert noisy == [pytest.approx(0.1)] * 27 + [pytest.approx(0.01)] * 12 + [pytest.approx(0.001)] * 11
     for row in (11, 12):  # "Trained for only 130 epochs", of the T_max-200 cosine
         rates = recipe_lrs(f"resnet5m_row{row}")
-        start = EXPERIMENTS[f"resnet5m_row{row}"].optimizer["learning_rate"]
+        start = EXPERIMENTS[f"resnet5m_row{row}"].optimizer.learning_rate
         assert len(rates) == 130 and rates[-1] / start == pytest.approx(
             (1 + math.cos(math.pi * 129 / 200)) / 2) and 0.27 < rates[-1] / start < 0.29
 
 
 def test_resnet5m_rows_take_their_optimizers():
-    names = {row: EXPERIMENTS[f"resnet5m_row{row}"].optimizer["name"] for row in range(1, 13)}
+    names = {row: EXPERIMENTS[f"resnet5m_row{row}"].optimizer.kind for row in range(1, 13)}
     assert names == {1: "sgd", 2: "adagrad", 3: "rmsprop", 4: "adam", 5: "adam", 6: "sgd",
                      7: "sgd", 8: "sgd", 9: "sgd", 10: "sgd", 11: "adam", 12: "sgd"}
     row6 = EXPERIMENTS["resnet5m_row6"]
@@ -234,10 +228,43 @@ def test_normalization_fields_are_checked_as_the_run_reads_them():
             apply_override(EXPERIMENTS["resnet_deep"], edit)
 
 
+def test_noise_transfer_and_early_stopping_are_typed_sections():
+    from training.engine import quick_recipe
+
+    noisy = apply_overrides(EXPERIMENTS["noisy_labels"], ["noise.seed=7"])
+    assert noisy.noise.to_dict() == {"kind": "symmetric", "rate": 0.05, "seed": 7}
+    labels = np.arange(1000) % 10
+    corrupted, flipped, seed = noisy.noise.corrupt(labels, 10, run_seed=0)
+    assert seed == 7 and np.array_equal(corrupted, corrupt_labels(labels, 10, "symmetric", 0.05, 7)[0])
+    assert EXPERIMENTS["noisy_labels"].noise.corrupt(labels, 10, run_seed=3)[2] == 3
+    with pytest.raises(RecipeError, match=r"noise does not take \['level'\]; it takes kind, rate, seed"):
+        apply_overrides(EXPERIMENTS["cnn_baseline"], ['noise={"kind": "pair", "level": 0.1}'])
+    with pytest.raises(RecipeError, match="noise: kind 'asymmetric' is CIFAR-10's class map"):
+        apply_overrides(EXPERIMENTS["resnet_cifar100"], ['noise={"kind": "asymmetric", "rate": 0.2}'])
+    assert apply_overrides(EXPERIMENTS["noisy_labels"], ["noise={}"]).noise is None
+
+    stopping = apply_overrides(EXPERIMENTS["cnn_baseline"], ["early_stopping.patience=3"]).early_stopping
+    assert stopping.to_dict() == {"patience": 3}  # unset fields take Keras's defaults
+    callback = stopping.callback()
+    assert (type(callback).__name__, callback.patience, callback.monitor) == ("EarlyStopping", 3, "val_loss")
+    with pytest.raises(RecipeError, match="early_stopping does not take \\['wait'\\]"):
+        apply_overrides(EXPERIMENTS["cnn_baseline"], ['early_stopping={"wait": 3}'])
+    assert apply_overrides(EXPERIMENTS["cnn_baseline"], ["early_stopping={}"]).early_stopping is None
+
+    transfer = EXPERIMENTS["resnet_cifar100_transfer"]
+    assert transfer.to_dict()["transfer"] == {"source": "resnet_deep", "run": None, "head_epochs": 5,
+                                              "head_learning_rate": 0.1}
+    assert transfer.transfer.head_rate(0.01) == 0.1
+    assert apply_overrides(transfer, ["transfer.head_learning_rate=null"]).transfer.head_rate(0.01) == 0.01
+    assert quick_recipe(transfer).transfer.head_epochs == 1  # one epoch each stage
+    with pytest.raises(RecipeError, match=r"transfer.head_epochs must be a whole number in \[0, epochs\)"):
+        apply_overrides(transfer, ["transfer.head_epochs=30"])
+
+
 def test_a_new_optimizer_keeps_only_the_momentum_fields_it_reads():
     recipe = apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=adam"])
-    assert "momentum" not in recipe.optimizer and recipe.optimizer["weight_decay"] == 1e-4
-    assert apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=rmsprop"]).optimizer["momentum"] == 0.9
+    assert "momentum" not in recipe.optimizer.to_dict() and recipe.optimizer.weight_decay == 1e-4
+    assert apply_overrides(EXPERIMENTS["resnet20"], ["optimizer.name=rmsprop"]).optimizer.momentum == 0.9
     with pytest.raises(RecipeError, match="optimizer.momentum=0.9 is not read by adam; set it to 0"):
         apply_override(EXPERIMENTS["mobilenetv2_adam"], "optimizer.momentum=0.9")
     with pytest.raises(RecipeError, match="optimizer.nesterov=true is not read by rmsprop"):
@@ -296,7 +323,7 @@ def test_mixup_quick_run_logs_the_epoch_gate(shared_cifar10, tmp_path):
     run_dir, _ = quick("se_resnet_mixup", shared_cifar10, str(tmp_path),
                        "--set", "mixup.stop_epoch=1", *SMALL_RESNET5M)
     rows = history(os.path.join(run_dir, "history.csv"))
-    mixer = Mixer(**{**EXPERIMENTS["se_resnet_mixup"].mixup, "stop_epoch": 1})
+    mixer = EXPERIMENTS["se_resnet_mixup"].mixup.replace(stop_epoch=1)
     assert [float(row["mixup"]) for row in rows] == [
         float(mixer.epoch_is_mixed(0, epoch)) for epoch in range(2)]
     assert float(rows[-1]["mixup"]) == 0.0  # past stop_epoch: the clean phase
@@ -450,10 +477,10 @@ def test_named_experiments_reproduce_what_produced_the_papers_numbers():
     assert apply_overrides(augmentation, ["model_args.dropout=0"]).model_args == {"dropout": 0}
     for norm in ("batch", "layer", "group", "instance"):
         recipe = EXPERIMENTS[f"norm_{norm}"]
-        assert recipe.normalization["scale_bug"] is True
+        assert recipe.normalization.scale_bug is True
         assert recipe.val_selection == "numpy_seed0_choice"
         fixed = apply_overrides(recipe, ["normalization.scale_bug=false"])
-        assert fixed.normalization["scale_bug"] is False
+        assert fixed.normalization.scale_bug is False
     noisy = EXPERIMENTS["noisy_labels"]
     assert noisy.epochs == 50 and noisy.augment[2]["shrink_at_edge"] is True
     assert apply_overrides(noisy, ["augment.2.shrink_at_edge=false"]).augment[2] == {

@@ -83,7 +83,6 @@ sys.path[:0] = [{root!r}, {reference!r}]
 from benchmarks import parity
 import common
 from data.cifar import load_cifar
-from data.normalize import Normalizer
 from experiments.recipes import EXPERIMENTS
 
 worst = {{}}
@@ -96,7 +95,7 @@ for name in ("mobilenetv2", "resnet5m_row6", "resnet5m_row1", "modified_resnet",
     dataset = common.Images(data.x_test, data.y_test, paper.test_transform(), paper.as_image)
     theirs = np.stack([dataset[i][0].numpy().transpose(1, 2, 0) for i in range(len(dataset))])
     recipe = EXPERIMENTS[case.experiment]
-    ours = Normalizer(**recipe.normalization).fit(data.x_train)(data.x_test)
+    ours = recipe.normalization.build().fit(data.x_train)(data.x_test)
     worst[name] = float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1)))
 print(json.dumps(worst))
 """

@@ -77,7 +77,7 @@ def test_quick_search_writes_results_best_model_and_plots(shared_cifar10, tmp_pa
     assert os.path.isdir(os.path.join(folder, f"trial_{named}"))
     for edit in best_trial["edits"]:
         recipe = apply_override(recipe, edit)
-    assert recipe.optimizer["name"] == best_trial["hyperparameters"]["optimizer"]
+    assert recipe.optimizer.kind == best_trial["hyperparameters"]["optimizer"]
     # A log-sampled rate is plotted on a log axis.
     for name in os.listdir(folder):
         if name.startswith("hp_") and name.endswith("learning_rate.json"):

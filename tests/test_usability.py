@@ -136,7 +136,6 @@ def test_model_keras_predicts_raw_pixels_anywhere(quick_run, shared_cifar10, tmp
     (best.keras on normalised images); best.keras loads after `import cifar_repro`."""
     run_dir, _ = quick_run
     from data.cifar import load_cifar
-    from data.normalize import Normalizer
     from experiments.recipes import EXPERIMENTS
     from training.engine import RunOptions, prepare_data
 
@@ -158,7 +157,7 @@ def test_model_keras_predicts_raw_pixels_anywhere(quick_run, shared_cifar10, tmp
     options = RunOptions(seed=config["seed"], data_dir=shared_cifar10, quick=True,
                          quick_keeps=("val_split",))
     _, (x_train, _), _, _ = prepare_data(recipe.__class__.from_dict(config["recipe"]), options)
-    normalizer = Normalizer(**recipe.normalization).fit(x_train)
+    normalizer = recipe.normalization.build().fit(x_train)
     code = ("import numpy as np, keras, cifar_repro\n"
             f"model = keras.saving.load_model({os.path.join(run_dir, 'best.keras')!r}, compile=False)\n"
             f"print(repr(model.predict(np.load({str(tmp_path / 'normal.npy')!r}), verbose=0).tolist()))")

@@ -24,7 +24,6 @@ from callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, Deadline, 
 from data import device_augment
 from data.augment import Augmenter
 from data.cifar import DataError, load_cifar, split_validation
-from data.noise import corrupt_labels
 from data.normalize import Normalizer
 from data.pipeline import MAX_AUTO_INPUT_THREADS as MAX_INPUT_THREADS
 from data.pipeline import CifarBatches, input_threads
@@ -124,8 +123,7 @@ def quick_recipe(recipe, keeps=()):
     epochs = recipe.epochs if "epochs" in keeps else min(recipe.epochs, QUICK_EPOCHS)
     transfer_spec = recipe.transfer
     if transfer_spec:  # one epoch for the head, one for the whole network
-        transfer_spec = {**transfer_spec,
-                         "head_epochs": min(transfer_spec.get("head_epochs", 0), epochs - 1)}
+        transfer_spec = transfer_spec.replace(head_epochs=min(transfer_spec.head_epochs, epochs - 1))
     val_split = (recipe.val_split if "val_split" in keeps
                  else min(recipe.val_split, QUICK_VAL_IMAGES))
     return dataclasses.replace(recipe, epochs=epochs, val_split=val_split, transfer=transfer_spec)
@@ -206,12 +204,10 @@ def training_batches(recipe, options, normalizer, train, val, num_classes, path=
 def _apply_noise(spec, seed, run_dir, train, num_classes):
     """Corrupts the training labels as the recipe's noise spec says; saves what changed."""
     x_train, y_train = train
-    if spec.get("seed") is not None:
-        seed = spec["seed"]
-    noisy, flipped = corrupt_labels(y_train, num_classes, spec["kind"], spec["rate"], seed)
+    noisy, flipped, seed = spec.corrupt(y_train, num_classes, seed)
     record.write_npz(os.path.join(run_dir, record.NOISE), true_labels=y_train,
                      noisy_labels=noisy, flipped_indices=np.flatnonzero(flipped))
-    summary = {"noise_kind": spec["kind"], "noise_rate": spec["rate"], "noise_seed": seed,
+    summary = {"noise_kind": spec.kind, "noise_rate": spec.rate, "noise_seed": seed,
                "noise_flipped": int(flipped.sum()),
                "noise_actual_rate": float(flipped.mean()) if len(flipped) else 0.0}
     return (x_train, noisy), flipped, summary
@@ -232,9 +228,9 @@ class Stage:
 def _stages(recipe):
     if not recipe.transfer:
         return [Stage("train", 0, recipe.epochs, recipe.optimizer, recipe.schedule, record.BACKUP)]
-    head_epochs = recipe.transfer.get("head_epochs", 0)
-    head_optimizer = recipe.optimizer.replace(learning_rate=recipe.transfer.get(
-        "head_learning_rate", recipe.optimizer.learning_rate))
+    head_epochs = recipe.transfer.head_epochs
+    head_optimizer = recipe.optimizer.replace(
+        learning_rate=recipe.transfer.head_rate(recipe.optimizer.learning_rate))
     stages = [Stage("head", 0, head_epochs, head_optimizer, Constant(), record.BACKUP_HEAD),
               Stage("finetune", head_epochs, recipe.epochs, recipe.optimizer, recipe.schedule,
                     record.BACKUP)]
@@ -508,8 +504,8 @@ def _prepare(recipe, options, placement, run_dir, config):
         config.update(noise_summary)
     source_path = None
     if recipe.transfer:
-        source_path = transfer.source_checkpoint(recipe.transfer, options.output_dir,
-                                                 options.seed, options.quick)
+        source_path = recipe.transfer.source_checkpoint(options.output_dir, options.seed,
+                                                        options.quick)
         config["transfer_source"] = os.path.abspath(source_path)
     normalizer = recipe.normalization.build().fit(train_split[0])
     path = _augment_path(recipe, options, run_dir, config)
@@ -596,7 +592,7 @@ def _stage_callbacks(recipe, options, run_dir, prepared, stage, base_lr, history
         *prepared.extra_callbacks,
     ]
     if recipe.early_stopping:
-        callback_list.append(keras.callbacks.EarlyStopping(**recipe.early_stopping))
+        callback_list.append(recipe.early_stopping.callback())
     if options.tensorboard:  # scalars per epoch: loss, accuracy, lr, seconds
         callback_list.append(keras.callbacks.TensorBoard(
             os.path.join(run_dir, "tensorboard"), histogram_freq=0, write_graph=False))

@@ -12,14 +12,17 @@ import math
 
 from data.augment import Augmenter
 from data.cifar import DATASETS, VAL_SELECTIONS
-from data.mixing import Mixer
-from data.noise import validate_noise
+from data.mixing import Mixer, mixer
+from data.noise import Noise
 from data.normalize import Normalization, normalization
 from foundation import spec
 from training import schedules
 from training import optimizer_specs
 from training.optimizer_specs import Optimizer
+from training.record import MONITORS
 from training.schedules import Schedule
+from training.stopping import EarlyStopping
+from training.transfer import Transfer
 
 
 class RecipeError(ValueError):
@@ -54,10 +57,10 @@ class Recipe:
     # the same function to float32 rounding; false runs Keras's own layers and call.
     fast_path: bool = True
     monitor: str = "val_accuracy"  # what best.keras keeps the best of
-    early_stopping: dict = None  # {"monitor", "patience", "min_delta"}; None: off
+    early_stopping: EarlyStopping = None  # training.stopping: monitor, patience, ...; None: off
     mixup: Mixer = None  # data.mixing.Mixer(kind, alpha, p, gate, stop_epoch); None: off
-    noise: dict = None  # training-label noise: kind, rate (0-1), seed; see data.noise
-    transfer: dict = None  # start from a finished run: source, run, head_epochs, head_learning_rate
+    noise: Noise = None  # data.noise: training-label noise (kind, rate 0-1, seed); None: off
+    transfer: Transfer = None  # training.transfer: start from a finished run; None: from scratch
     paper_accuracy: float = None  # percent, as reported
     # What paper_accuracy measures: "best_test" (the test accuracy of the best epoch; the
     # papers validated on the test set) or "max_val" (the highest validation accuracy)
@@ -76,13 +79,15 @@ class Recipe:
                 self.schedule = schedules.schedule(self.schedule, epochs)
             if isinstance(self.normalization, dict):
                 self.normalization = normalization(self.normalization)
+            self.early_stopping = EarlyStopping.parse(self.early_stopping)
+            self.transfer = Transfer.parse(self.transfer)
+            self.noise = Noise.parse(self.noise)
         except (ValueError, TypeError, KeyError) as error:
             raise RecipeError(str(error).strip("'\"")) from None
-        if isinstance(self.mixup, dict):
-            try:
-                self.mixup = Mixer(**self.mixup)
-            except (ValueError, TypeError) as error:
-                raise RecipeError(f"mixup: {error}") from None
+        try:
+            self.mixup = mixer(self.mixup)
+        except (ValueError, TypeError) as error:
+            raise RecipeError(f"mixup: {error}") from None
 
     def to_dict(self):
         """Plain data (config.json): each section as its dict form."""
@@ -129,14 +134,11 @@ OPTIONAL_KEYS = {
     "optimizer": _family_keys("optimizer"),
     "schedule": _family_keys("schedule"),
     "normalization": _family_keys("normalization"),
-    "early_stopping": {"monitor", "patience", "min_delta", "mode"},
+    "early_stopping": set(EarlyStopping.field_names()),
     "mixup": set(Mixer.field_names()),
-    "noise": {"kind", "rate", "seed"},
-    "transfer": {"source", "run", "head_epochs", "head_learning_rate"},
+    "noise": set(Noise.field_names()),
+    "transfer": set(Transfer.field_names()),
 }
-
-
-MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 # The sections whose discriminator a --set may switch: the new kind keeps the fields
 # its class declares (a schedule: those carried_from allows), the others go.
@@ -306,39 +308,15 @@ def validate(recipe):
         optimizer_specs.optimizer(recipe.optimizer).check()
         schedules.validate(recipe.schedule, recipe.epochs)
         normalization(recipe.normalization).check()
+        if recipe.early_stopping:
+            recipe.early_stopping.check()
+        if recipe.transfer:
+            recipe.transfer.check(recipe.epochs)
     except (ValueError, KeyError, TypeError) as error:
         raise RecipeError(str(error)) from None
-    lr = recipe.optimizer.learning_rate
     need(isinstance(recipe.augment, list), f"augment must be a list of ops; got {recipe.augment!r}.")
-    for field, check in (("augment", Augmenter), ("mixup", lambda v: v and Mixer(**v)),
-                         ("noise", lambda v: v and validate_noise(v, recipe.dataset))):
+    for field, check in (("augment", Augmenter), ("noise", lambda v: v and v.check(recipe.dataset))):
         try:
             check(getattr(recipe, field))
         except (ValueError, TypeError) as error:
             raise RecipeError(f"{field}: {error}") from None
-    if recipe.transfer is not None:
-        transfer = recipe.transfer
-        need(isinstance(transfer, dict) and isinstance(transfer.get("source"), str),
-             f"transfer needs a source experiment name; got {transfer!r}.")
-        head_epochs = transfer.get("head_epochs", 0)
-        need(isinstance(head_epochs, int) and 0 <= head_epochs < recipe.epochs,
-             f"transfer.head_epochs must be a whole number in [0, epochs); got {head_epochs!r}.")
-        head_lr = transfer.get("head_learning_rate", lr)
-        need(isinstance(head_lr, (int, float)) and head_lr > 0,
-             f"transfer.head_learning_rate must be a number > 0; got {head_lr!r}.")
-    if recipe.early_stopping is not None:
-        stopping = recipe.early_stopping
-        need(isinstance(stopping, dict), f"early_stopping must be null or a dict; got {stopping!r}.")
-        unknown = sorted(set(stopping) - OPTIONAL_KEYS["early_stopping"])
-        need(not unknown, f"early_stopping does not take {unknown}; it takes "
-                          f"{', '.join(sorted(OPTIONAL_KEYS['early_stopping']))}.")
-        monitor, patience = stopping.get("monitor", "val_loss"), stopping.get("patience", 0)
-        min_delta, mode = stopping.get("min_delta", 0), stopping.get("mode", "auto")
-        need(monitor in MONITORS,
-             f"early_stopping.monitor must be one of {', '.join(MONITORS)}; got {monitor!r}.")
-        need(isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0,
-             f"early_stopping.patience must be a whole number of epochs >= 0; got {patience!r}.")
-        need(isinstance(min_delta, (int, float)) and not isinstance(min_delta, bool) and min_delta >= 0,
-             f"early_stopping.min_delta must be a number >= 0; got {min_delta!r}.")
-        need(mode in ("auto", "min", "max"),
-             f"early_stopping.mode must be auto, min or max; got {mode!r}.")

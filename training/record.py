@@ -33,6 +33,8 @@ CONFIG, STATUS, HISTORY, METRICS = "config.json", "status.json", "history.csv", 
 BEST, MODEL, HEAD = "best.keras", "model.keras", "head.keras"
 NOISE, EVALUATION, LOCK = "noise.npz", "evaluation.json", ".lock"
 BACKUP, BACKUP_HEAD, PLATEAU_STATE = "backup", "backup-head", "plateau_state.json"
+# The history columns every epoch logs: what best.keras and early stopping may follow.
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 PLOTS = ("accuracy", "loss", "lr")  # each as .png and .json
 # What a finished record is, without weights: what collect.py copies into results/.
 RECORD = (CONFIG, STATUS, HISTORY, METRICS) + tuple(
