@@ -215,12 +215,14 @@ def test_the_device_path_learns_as_the_host_path(runs):
 
 
 def test_a_run_keeps_the_path_it_began_on(tmp_path):
-    record.write_json(str(tmp_path / "config.json"), {"augment_on": "device"})
     config = {"device": "CPU (2 cores)"}
-    assert _augment_path(RECIPE, RunOptions(augment_on="auto"), str(tmp_path), config) == "device"
+    saved = {"augment_on": "device"}  # the recorded config of the run that resumes
+    assert _augment_path(RECIPE, RunOptions(augment_on="auto"), str(tmp_path), saved,
+                         config) == "device"
     assert config["augment_on"] == "device"
     with pytest.raises(RunError, match="began on the device augmentation path.*"
                                        "--augment-on device"):
-        _augment_path(RECIPE, RunOptions(augment_on="host"), str(tmp_path), config)
-    record.write_json(str(tmp_path / "config.json"), {})  # written before the paths existed
-    assert _augment_path(RECIPE, RunOptions(augment_on="auto"), str(tmp_path), config) == "host"
+        _augment_path(RECIPE, RunOptions(augment_on="host"), str(tmp_path), saved, config)
+    # A new run, or one whose record could not be read, goes as --augment-on says.
+    assert _augment_path(RECIPE, RunOptions(augment_on="auto"), str(tmp_path), None,
+                         config) == "host"

@@ -311,10 +311,11 @@ def _finished_record(recipe, run_dir, status):
 
 
 def _check_existing(run_dir, config):
-    """Refuses to mix a changed recipe into an existing run; says how to start fresh."""
+    """Refuses to mix a changed recipe into an existing run; says how to start fresh.
+    Returns (the run's status, its recorded config), each None for a new run."""
     path = os.path.join(run_dir, record.CONFIG)
     if not os.path.exists(path):
-        return None
+        return None, None
     try:
         saved = record.read_json(path)
     except (OSError, ValueError) as error:
@@ -322,8 +323,9 @@ def _check_existing(run_dir, config):
         # same command is how a run resumes, and the backup and history are intact.
         print(f"{path} was unreadable ({type(error).__name__}); it is written again from "
               f"this command.", file=sys.stderr)
-        return record.read_status(run_dir)
+        return record.read_status(run_dir), None
     saved.setdefault("precision", "fp32")  # records from before --precision existed
+    saved.setdefault("augment_on", "host")  # and from before the device path existed
     # A field added since the record was written reads as its default there, and a
     # section as its typed spec reads it (defaults filled in).
     # Fields that describe the run (its notes, the paper's number) may change under it.
@@ -341,7 +343,7 @@ def _check_existing(run_dir, config):
             + (f" ({'; '.join(detail)})" if detail else "")
             + ". Pass --run-id NAME to start a separate run, or delete that folder to start over."
         )
-    return record.read_status(run_dir)
+    return record.read_status(run_dir), saved
 
 
 def _summary(history, recipe, params, train_images, val_is_test, test_scores):
@@ -452,7 +454,7 @@ class Prepared:
 
 def _train_locked(recipe, options, full_epochs, placement, run_dir, config, created):
     """train() once this process holds the run folder's lock: prepare, each stage, finish."""
-    status = _check_existing(run_dir, config)
+    status, saved = _check_existing(run_dir, config)
     finished = _finished_record(recipe, run_dir, status)
     if finished is not None:
         print(f"{recipe.name}: already completed in {run_dir}; nothing to do "
@@ -462,7 +464,7 @@ def _train_locked(recipe, options, full_epochs, placement, run_dir, config, crea
     if warning:  # only where something will train
         print(warning, file=sys.stderr)
     with _removed_if_refused(created):
-        prepared = _prepare(recipe, options, placement, run_dir, config)
+        prepared = _prepare(recipe, options, placement, run_dir, config, saved)
         # Written once the network builds, so that a run refused before leaves no
         # record that a corrected rerun would have to match.
         record.write_json(os.path.join(run_dir, record.CONFIG), config)
@@ -474,9 +476,10 @@ def _train_locked(recipe, options, full_epochs, placement, run_dir, config, crea
     return _finish(recipe, options, run_dir, prepared, full_epochs, start)
 
 
-def _prepare(recipe, options, placement, run_dir, config):
+def _prepare(recipe, options, placement, run_dir, config, saved=None):
     """Data, normalisation, batches and the network (built, or loaded for a transfer
-    run); completes `config` with what the data turned out to be."""
+    run); completes `config` with what the data turned out to be. `saved`: the run's
+    recorded config where it resumes."""
     try:
         os.makedirs(run_dir, exist_ok=True)
         probe = os.path.join(run_dir, ".write-test")
@@ -508,7 +511,7 @@ def _prepare(recipe, options, placement, run_dir, config):
                                                         options.quick)
         config["transfer_source"] = os.path.abspath(source_path)
     normalizer = recipe.normalization.build().fit(train_split[0])
-    path = _augment_path(recipe, options, run_dir, config)
+    path = _augment_path(recipe, options, run_dir, saved, config)
     train_batches, val_batches = training_batches(recipe, options, normalizer, train_split,
                                                   val_split, data.num_classes, path)
     if recipe.noise:
@@ -547,27 +550,22 @@ def _prepare(recipe, options, placement, run_dir, config):
                     count_params(model), val_from_test=from_test)
 
 
-def _augment_path(recipe, options, run_dir, config):
+def _augment_path(recipe, options, run_dir, saved, config):
     """The run's augmentation path (recorded in config): the one it began on when it
-    resumes (a record without one trained on the host), else as --augment-on says."""
+    resumes (`saved`, its recorded config), else as --augment-on says."""
     has_gpu = not config["device"].startswith("CPU")
     try:
         chosen = device_augment.choose_path(options.augment_on, recipe, has_gpu,
                                             options.distribute)
     except ValueError as error:
         raise RunError(str(error)) from None
-    path = os.path.join(run_dir, record.CONFIG)
-    if os.path.exists(path):
-        try:
-            began = record.read_json(path).get("augment_on", "host")
-        except (OSError, ValueError):
-            began = None  # unreadable: rewritten from this command (_check_existing)
-        if began and options.augment_on == "auto":
-            chosen = began
-        elif began and began != chosen:
-            raise RunError(f"{run_dir} began on the {began} augmentation path; its backups "
-                           f"resume only there. Pass --augment-on {began} (or auto), or "
-                           f"--run-id NAME for a separate run.")
+    began = saved and saved["augment_on"]
+    if began and options.augment_on == "auto":
+        chosen = began
+    elif began and began != chosen:
+        raise RunError(f"{run_dir} began on the {began} augmentation path; its backups "
+                       f"resume only there. Pass --augment-on {began} (or auto), or "
+                       f"--run-id NAME for a separate run.")
     config["augment_on"] = chosen
     return chosen
 
