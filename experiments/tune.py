@@ -33,7 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from foundation import files  # noqa: E402
+from experiments.search_folder import (FATAL_EXIT, check_settings, collect_results,  # noqa: E402
+                                       search_dir, trial_edits, write_outputs)
 from experiments.searches import SEARCHES  # noqa: E402
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -80,15 +81,6 @@ def fail(message, code):
     return code
 
 
-def search_dir(args):
-    return os.path.join(args.directory, args.search)
-
-
-def trial_edits(args):
-    """The edits every trial of this search gets: its selection subset, then --set."""
-    return list(SEARCHES[args.search].subset) + list(args.set)
-
-
 def resolve_defaults(args):
     """The search's own oracle and epochs where the command names none."""
     search = SEARCHES[args.search]
@@ -96,22 +88,6 @@ def resolve_defaults(args):
     if args.epochs is None:
         args.epochs = search.epochs
     return args
-
-
-def resident_megabytes():
-    """This process's resident memory now (Linux /proc), else its peak so far."""
-    try:
-        with open("/proc/self/statm") as stream:
-            pages = int(stream.read().split()[1])
-        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
-FATAL_EXIT = 3  # a trial process that stopped on bad data, a bad recipe or a run error
 
 
 def die_with_parent(parent_pid):
@@ -131,47 +107,6 @@ def die_with_parent(parent_pid):
         return
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)  # the search died before the signal was armed: nobody waits for this trial
-
-
-def run_trial_process(args, edits, runs_dir, run_id):
-    """Trains one trial in a fresh process and returns its metrics.
-
-    A process per trial keeps the search's memory flat: in one process, clearing
-    Keras's session after each trial still left TensorFlow ~45 MB more resident per
-    ResNet-20 trial (1.43x from trial 2 to 10, measured), the growth KerasTuner
-    users report. The child resumes an interrupted run like run.py does."""
-    import keras_tuner
-
-    spec = {"base": SEARCHES[args.search].base, "edits": trial_edits(args) + list(edits),
-            "runs_dir": runs_dir, "run_id": run_id, "seed": args.seed,
-            "data_dir": args.data_dir, "quick": args.quick, "parent_pid": os.getpid()}
-    import tempfile
-
-    with tempfile.TemporaryFile("w+") as errors:
-        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--trial",
-                                  json.dumps(spec)], stdout=subprocess.DEVNULL, stderr=errors,
-                                 text=True)
-        # wait4: this child's own exit status and peak memory (not the search's)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        stderr = errors.read()
-    message = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-    if child.returncode == FATAL_EXIT:
-        raise keras_tuner.errors.FatalError(message.removeprefix("error: "))
-    if child.returncode == 130 or child.returncode == -2:
-        raise KeyboardInterrupt
-    from training import record
-
-    run_dir = os.path.join(runs_dir, SEARCHES[args.search].base, run_id)
-    if child.returncode != 0:
-        reason = f"the trial's process exited with {child.returncode}: {stderr[-2000:]}"
-        info = record.read_json(os.path.join(run_dir, "trial.json"))
-        record.write_json(os.path.join(run_dir, "trial.json"),
-                          {**info, "status": "failed", "reason": reason})
-        raise RuntimeError(f"trial {run_id}: {reason}")
-    process = {"process": child.pid, "resident_mb": round(usage.ru_maxrss / 2**10, 1)}  # KiB
-    return record.read_json(os.path.join(run_dir, record.METRICS)), process
 
 
 def train_trial(spec):
@@ -194,241 +129,6 @@ def train_trial(spec):
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def make_tuner(args):
-    """The KerasTuner tuner for `args`: the project's oracle, a run_trial that trains
-    through the suite's engine."""
-    import keras
-    import keras_tuner
-
-    from experiments.recipes import EXPERIMENTS
-    from models import build_model, count_params
-    from training import record
-    from training.recipe import apply_overrides
-
-    search = SEARCHES[args.search]
-    base = apply_overrides(EXPERIMENTS[search.base], trial_edits(args))
-    objective = keras_tuner.Objective("val_accuracy", direction="max")
-    epochs = args.epochs or (2 if args.quick else base.epochs)
-    # A trial whose process dies (the OOM killer, a lost device) gets one more try,
-    # which resumes its run; the first failure stays in its trial.json.
-    # KerasTuner reads seed 0 as "unseeded" (`seed or randint`): the oracle gets --seed + 1.
-    common = dict(seed=args.seed + 1, max_retries_per_trial=1)
-    if args.tuner == "hyperband":
-        oracle = keras_tuner.oracles.HyperbandOracle(objective, max_epochs=epochs, factor=3,
-                                                     hyperband_iterations=1, **common)
-    elif args.tuner == "bayesian":
-        oracle = keras_tuner.oracles.BayesianOptimizationOracle(
-            objective, max_trials=args.max_trials, **common)
-    else:
-        oracle = keras_tuner.oracles.RandomSearchOracle(objective, max_trials=args.max_trials,
-                                                        **common)
-    runs_dir = os.path.join(search_dir(args), "runs")
-
-    class Space(keras_tuner.HyperModel):
-        """Declares the search space; trials train through run_trial, not this model."""
-
-        def build(self, hp):
-            search.define(hp)
-            return keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-
-    class SuiteTuner(keras_tuner.Tuner):
-        started = time.time()
-
-        def run_trial(self, trial, *fit_args, **fit_kwargs):
-            hp = trial.hyperparameters
-            edits = search.define(hp)
-            if "tuner/epochs" in hp.values:
-                edits.append(f"epochs={hp.values['tuner/epochs']}")
-            elif args.epochs:
-                edits.append(f"epochs={args.epochs}")
-            recipe = apply_overrides(base, edits)
-            run_dir = os.path.join(runs_dir, recipe.name, f"trial_{trial.trial_id}")
-            os.makedirs(run_dir, exist_ok=True)
-            model = build_model(recipe.model, 10, **recipe.model_args)
-            params = count_params(model)[0]
-            del model
-            keras.backend.clear_session()
-            info = {"trial_id": trial.trial_id, "edits": edits, "trainable_params": params}
-            if search.budget and params > search.budget:
-                # Rejected before training: recorded, and scored as the worst result so
-                # the oracle learns the region, but not a failure.
-                record.write_json(os.path.join(run_dir, "trial.json"),
-                                  {**info, "status": "over_budget",
-                                   "resident_mb": resident_megabytes(), "process": os.getpid()})
-                return {"val_accuracy": 0.0}
-            trial_file = os.path.join(run_dir, "trial.json")
-            earlier = record.read_json(trial_file) if os.path.exists(trial_file) else {}
-            if earlier.get("status") == "failed":
-                info["earlier_failure"] = earlier.get("reason")
-            record.write_json(trial_file, {**info, "status": "running"})
-            metrics, process = run_trial_process(args, edits, runs_dir, f"trial_{trial.trial_id}")
-            record.write_json(os.path.join(run_dir, "trial.json"),
-                              {**info, "status": "completed", **process,
-                               "search_resident_mb": resident_megabytes()})
-            return {"val_accuracy": metrics["best_val_accuracy"]}
-
-        def on_trial_end(self, trial):
-            super().on_trial_end(trial)
-            # Counted from the trial records, so that workers of a distributed search
-            # (whose oracle is a client of the chief's) report the whole search.
-            results = collect_results(args)
-            finished = sum(1 for t in results if t["status"] != "running")
-            scores = [t["score"] for t in results if t["score"] is not None]  # trained trials
-            total = args.max_trials if args.tuner != "hyperband" else "?"
-            score = self.oracle.get_trial(trial.trial_id).score
-            score = f"{100 * score:.2f}%" if score is not None else "none"
-            this = next((t for t in results if t["trial_id"] == trial.trial_id), {})
-            if this.get("status") == "over_budget":  # its 0.0 is not an accuracy
-                score = (f"over budget ({this['trainable_params']:,} > {search.budget:,} "
-                         f"parameters), not trained")
-            print(f"[{self.tuner_id}] trial {finished} of {total} done: score {score}, "
-                  f"best so far {f'{100 * max(scores):.2f}%' if scores else 'none trained'}, "
-                  f"elapsed {time.time() - self.started:.0f} s", flush=True)
-            if os.environ.get("KERASTUNER_TUNER_ID") is None:
-                write_outputs(args)
-
-    return SuiteTuner(oracle=oracle, hypermodel=Space(), directory=args.directory,
-                      project_name=args.search, overwrite=False)
-
-
-def collect_results(args):
-    """Every trial from KerasTuner's project files joined with its run record."""
-    from training import record
-
-    folder = search_dir(args)
-    search = SEARCHES[args.search]
-    trials = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name, "trial.json")
-        if not (name.startswith("trial_") and os.path.exists(path)):
-            continue
-        saved = record.read_json(path)
-        trial_id = saved["trial_id"]
-        run_dir = os.path.join(folder, "runs", search.base, f"trial_{trial_id}")
-        info = record.read_json(os.path.join(run_dir, "trial.json")) if os.path.exists(
-            os.path.join(run_dir, "trial.json")) else {}
-        metrics = record.read_json(os.path.join(run_dir, record.METRICS)) if os.path.exists(
-            os.path.join(run_dir, record.METRICS)) else {}
-        config = record.read_json(os.path.join(run_dir, record.CONFIG)) if os.path.exists(
-            os.path.join(run_dir, record.CONFIG)) else {}
-        status = info.get("status") or saved.get("status", "").lower()
-        if saved.get("status") in ("FAILED", "INVALID"):
-            status = "failed"
-        trials.append({
-            "trial_id": trial_id,
-            "hyperparameters": {k: v for k, v in saved["hyperparameters"]["values"].items()},
-            "score": saved.get("score") if status == "completed" else None,
-            "trainable_params": info.get("trainable_params"),
-            "epochs": metrics.get("epochs_run"),
-            "seconds": metrics.get("train_seconds"),
-            "status": status,
-            "edits": info.get("edits", []),
-            "reason": info.get("reason"),  # why a trial failed
-            "earlier_failure": info.get("earlier_failure"),  # a failure its retry overcame
-            "resident_mb": info.get("resident_mb"),  # the trial process's peak
-            "process": info.get("process"),  # the trial process's id
-            "search_resident_mb": info.get("search_resident_mb"),  # the search's, after it
-            "device": config.get("device"),
-            "backend": config.get("backend"),
-            "run_dir": os.path.relpath(run_dir, folder),  # the folder moves whole (collect.py)
-        })
-    return trials
-
-
-# What a search folder was made with: a rerun with other values would mix trials of
-# two searches (quick trials under a full search, a random oracle reloaded as bayesian).
-SETTINGS = ("tuner", "quick", "epochs", "set", "seed")
-
-
-def check_settings(args):
-    """Records this search's settings in <folder>/search.json, or refuses a folder
-    whose trials were made with others; returns an error message or None."""
-    from training import record
-
-    path = os.path.join(search_dir(args), "search.json")
-    wanted = {"tuner": args.tuner, "quick": args.quick, "epochs": args.epochs,
-              "set": list(args.set), "seed": args.seed}
-    if os.path.exists(path):
-        saved = record.read_json(path)
-        changed = [f"{key}: {saved.get(key)!r} -> {wanted[key]!r}" for key in SETTINGS
-                   if saved.get(key) != wanted[key]]
-        if changed:
-            return (f"{search_dir(args)} holds a search made with other settings "
-                    f"({'; '.join(changed)}). Pass --directory with another folder, or "
-                    f"--overwrite to delete its trials and start over.")
-    record.write_json(path, wanted)
-    return None
-
-
-def log_sampled(args):
-    """The names of the search's hyperparameters sampled on a log scale."""
-    from training import record
-
-    folder = search_dir(args)
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name, "trial.json")
-        if name.startswith("trial_") and os.path.exists(path):
-            space = record.read_json(path).get("hyperparameters", {}).get("space", [])
-            return {entry["config"]["name"] for entry in space
-                    if entry.get("config", {}).get("sampling") == "log"}
-    return set()
-
-
-def write_outputs(args):
-    """results.json, best.keras, best_command.txt and the plots, from the files alone."""
-    from plots.style import COLORS, line_chart
-    from training import record
-
-    folder = search_dir(args)
-    search = SEARCHES[args.search]
-    trials = collect_results(args)
-    record.write_json(os.path.join(folder, "results.json"),
-                      {"search": args.search, "base": search.base, "tuner": args.tuner,
-                       "budget": search.budget, "quick": args.quick,
-                       "subset": trial_edits(args), "max_epochs": args.epochs,
-                       "log_scale": sorted(log_sampled(args)), "trials": trials})
-    completed = [t for t in trials if t["status"] == "completed" and t["score"] is not None]
-    if not completed:
-        return None
-    best = max(completed, key=lambda t: t["score"])
-    source = os.path.join(folder, best["run_dir"], record.BEST)
-    if os.path.exists(source):
-        files.atomic_file(os.path.join(folder, record.BEST),
-                          lambda temporary: shutil.copyfile(source, temporary))
-    command = "python experiments/run.py " + search.base + "".join(
-        f" --set '{edit}'" for edit in list(args.set) + best["edits"]
-        if not edit.startswith("epochs="))
-    record.atomic_write_text(os.path.join(folder, "best_command.txt"), command + "\n")
-    order = sorted(completed, key=lambda t: int(t["trial_id"]) if t["trial_id"].isdigit() else 0)
-    ylabel = "best validation accuracy (%)"  # in percent, as the report's figures
-    quick = " (quick trials)" if args.quick else ""
-    line_chart(os.path.join(folder, "score_by_trial.png"), f"{args.search}: score by trial{quick}",
-               "trial", ylabel,
-               [{"label": "trial", "x": [t["trial_id"] for t in order],
-                 "y": [100 * t["score"] for t in order],
-                 "style": {"marker": "o", "linestyle": "none", "color": COLORS["validation"]}}])
-    line_chart(os.path.join(folder, "accuracy_vs_params.png"),
-               f"{args.search}: accuracy against parameters{quick}"
-               + (f"\n(budget {search.budget:,})" if search.budget else ""),
-               "trainable parameters (millions)", ylabel,
-               [{"label": "trials", "x": [t["trainable_params"] / 1e6 for t in completed],
-                 "y": [100 * t["score"] for t in completed],
-                 "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
-               vlines=[(search.budget / 1e6, "budget", COLORS["best"])] if search.budget else ())
-    names = sorted({k for t in completed for k in t["hyperparameters"] if not k.startswith("tuner/")})
-    logarithmic = log_sampled(args)
-    for name in names:
-        points = [(t["hyperparameters"][name], t["score"]) for t in completed
-                  if name in t["hyperparameters"]]
-        x = [str(v) if isinstance(v, (str, bool)) else v for v, _ in points]
-        line_chart(os.path.join(folder, f"hp_{name}.png"),
-                   f"{args.search}: {name} against score{quick}", name, ylabel,
-                   [{"label": "trials", "x": x, "y": [100 * s for _, s in points],
-                     "style": {"marker": "o", "linestyle": "none", "color": COLORS["train"]}}],
-                   log_x=name in logarithmic)
-    return best
 
 
 def trial_schedule(tuner, epochs, max_trials):
@@ -619,6 +319,8 @@ def search_locked(args, argv):
             return failure
     else:
         import keras_tuner
+
+        from experiments.tuner import make_tuner
 
         tuner = make_tuner(args)
         try:
