@@ -102,14 +102,15 @@ class Mixer(Section):
         return mixed.astype(x.dtype, copy=False), self.mix_labels(y, params)
 
 
-
 def mixer(value):
-    """A recipe's mixup section from its dict form; None is off."""
+    """A recipe's mixup section from its dict form; None is off, {} the defaults."""
     if value is None or isinstance(value, Mixer):
         return value
     if not isinstance(value, dict):
-        raise ValueError(f"must be null or a group of keys ({', '.join(Mixer.field_names())}); got {value!r}.")
+        raise ValueError(f"must be null or a group of keys ({', '.join(Mixer.field_names())}); "
+                         f"got {value!r}.")
     return Mixer(**value)
+
 
 def cutmix_box(size, lam, rng):
     """CutMix (Yun et al. 2019): a box of area (1 - lam) of the image, centred

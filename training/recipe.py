@@ -315,7 +315,8 @@ def validate(recipe):
     except (ValueError, KeyError, TypeError) as error:
         raise RecipeError(str(error)) from None
     need(isinstance(recipe.augment, list), f"augment must be a list of ops; got {recipe.augment!r}.")
-    for field, check in (("augment", Augmenter), ("noise", lambda v: v and v.check(recipe.dataset))):
+    for field, check in (("augment", Augmenter),
+                         ("noise", lambda v: v and v.check(recipe.dataset))):
         try:
             check(getattr(recipe, field))
         except (ValueError, TypeError) as error:

@@ -33,8 +33,8 @@ class EarlyStopping(Section):
         need(monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}; got {monitor!r}.")
         need(isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0,
              f"patience must be a whole number of epochs >= 0; got {patience!r}.")
-        need(isinstance(min_delta, (int, float)) and not isinstance(min_delta, bool) and min_delta >= 0,
-             f"min_delta must be a number >= 0; got {min_delta!r}.")
+        need(isinstance(min_delta, (int, float)) and not isinstance(min_delta, bool)
+             and min_delta >= 0, f"min_delta must be a number >= 0; got {min_delta!r}.")
         need(mode in MODES, f"mode must be auto, min or max; got {mode!r}.")
         return self
 

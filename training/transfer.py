@@ -63,7 +63,8 @@ class Transfer(Section):
             command += " --quick" if quick else ""
             raise TransferError(
                 f"No {source} checkpoint at {path}. Train the source first ({command}), "
-                f"or point the transfer at one with --set transfer.run=PATH (a run folder or a .keras file)."
+                f"or point the transfer at one with --set transfer.run=PATH (a run folder or "
+                f"a .keras file)."
             )
         return path
 
