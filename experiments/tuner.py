@@ -33,8 +33,6 @@ def resident_megabytes():
         return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-
-
 def run_trial_process(args, edits, runs_dir, run_id):
     """Trains one trial in a fresh process and returns its metrics.
 
@@ -46,9 +44,8 @@ def run_trial_process(args, edits, runs_dir, run_id):
             "runs_dir": runs_dir, "run_id": run_id, "seed": args.seed,
             "data_dir": args.data_dir, "quick": args.quick, "parent_pid": os.getpid()}
     with tempfile.TemporaryFile("w+") as errors:
-        child = subprocess.Popen([sys.executable, TUNE, "--trial",
-                                  json.dumps(spec)], stdout=subprocess.DEVNULL, stderr=errors,
-                                 text=True)
+        child = subprocess.Popen([sys.executable, TUNE, "--trial", json.dumps(spec)],
+                                 stdout=subprocess.DEVNULL, stderr=errors, text=True)
         # wait4: this child's own exit status and peak memory (not the search's)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
