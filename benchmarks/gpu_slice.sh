@@ -4,7 +4,8 @@
 # Usage: benchmarks/gpu_slice.sh OUT [BUDGET_S]      (BUDGET_S: default 540, one command)
 # The same call again on the same machine (the slice's second command) resumes every
 # unfinished run from its backup in RUNS; a fresh machine starts them over.
-# Environment: DATA_DIR (a CIFAR-10 copy; default: built from the shared JPEG copy),
+# Before a device call: benchmarks/device_kit.sh here stages .whl/ and .cifar/ to carry.
+# Environment: DATA_DIR (a CIFAR-10 copy; default: built from the JPEG copy in .cifar/),
 #   RUNS (run folders; default ~/slice-runs), QUEUE (comma-separated; default the
 #   campaign's), TIMES (measured epochs; default reports/epochs_gpu_h100.json),
 #   MEASURE (experiments to time first; default the first two unmeasured in the queue;
@@ -26,6 +27,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export KERAS_BACKEND=${KERAS_BACKEND:-jax}  # the lent machines have JAX and PyTorch, no TensorFlow
 
+# 0. What the lent machine's image lacks (Keras, KerasTuner), from the wheels that
+#    benchmarks/device_kit.sh staged in .whl/ and the device call carried.
+if ! "$py" -c "import keras, keras_tuner" 2>/dev/null; then
+  compgen -G "$root/.whl/*.whl" >/dev/null || {
+    echo "Keras is not installed and no .whl/ came along: run benchmarks/device_kit.sh" \
+         "here, then carry .whl and .cifar in the device call" >&2; exit 2; }
+  "$py" -m pip install --quiet --no-index --no-deps "$root"/.whl/*.whl
+fi
+
 # 1. The machine: backend, device, versions, data.
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -38,10 +48,14 @@ print("versions:", versions())
 EOF
 } > "$out/environment.txt" 2>&1 || { cat "$out/environment.txt" >&2; exit 1; }
 if [ -z "${DATA_DIR:-}" ]; then
-  jpeg=$root/../shared/data/cifar10-jpeg.tar.gz
-  [ -f "$jpeg" ] || { echo "no DATA_DIR and no $jpeg: pass DATA_DIR=<CIFAR-10 copy>" >&2; exit 2; }
+  # The JPEG copy and its tool: carried in .cifar/ (device_kit.sh), else ../shared here.
+  jpeg=$root/.cifar/cifar10-jpeg.tar.gz tool=$root/.cifar/cifar10_from_jpeg.py
+  [ -f "$jpeg" ] || jpeg=$root/../shared/data/cifar10-jpeg.tar.gz tool=$root/../shared/tools/cifar10_from_jpeg.py
+  [ -f "$jpeg" ] && [ -f "$tool" ] || {
+    echo "no DATA_DIR, no .cifar/ and no ../shared: pass DATA_DIR=<CIFAR-10 copy>, or run" \
+         "benchmarks/device_kit.sh and carry .cifar" >&2; exit 2; }
   DATA_DIR=$HOME/slice-data
-  [ -d "$DATA_DIR/cifar-10-batches-py" ] || "$py" "$root/../shared/tools/cifar10_from_jpeg.py" "$DATA_DIR" >/dev/null
+  [ -d "$DATA_DIR/cifar-10-batches-py" ] || "$py" "$tool" "$DATA_DIR" --jpeg-tar "$jpeg" >/dev/null
   echo "data: CIFAR-10 rebuilt from the JPEG copy (quality ~75)" >> "$out/environment.txt"
 fi
 echo "data dir: $DATA_DIR" >> "$out/environment.txt"

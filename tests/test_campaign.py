@@ -74,3 +74,32 @@ def test_gpu_slice_dry_run_on_the_cpu(shared_cifar10, tmp_path):
     assert "results/cnn_vgg2/seed0/metrics.json" in names and "logs/cnn_vgg3.log" in names
     assert "report/RESULTS.md" in names
     assert not [n for n in names if n.endswith((".keras", ".h5"))]
+
+
+def test_device_kit_stages_the_wheels_and_data_a_slice_carries(tmp_path):
+    """benchmarks/device_kit.sh: Keras and KerasTuner at requirements.txt's pins and the
+    dependencies the GPU image lacks, as Python 3.12 wheels, and the JPEG copy with its
+    tool; a missing shared folder is refused with what to pass."""
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "tools").mkdir()
+    (shared / "data" / "cifar10-jpeg.tar.gz").write_bytes(b"jpeg copy")
+    (shared / "tools" / "cifar10_from_jpeg.py").write_text("# the rebuild tool\n")
+    script = os.path.join(ROOT, "benchmarks", "device_kit.sh")
+    env = {**os.environ, "KIT_DIR": str(tmp_path / "kit"), "SHARED": str(shared),
+           "PYTHON": sys.executable}
+    result = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheels = sorted(os.listdir(tmp_path / "kit" / ".whl"))
+    pins = dict(line.split("#")[0].strip().split("==") for line in
+                open(os.path.join(ROOT, "requirements.txt")) if "==" in line)
+    assert f"keras-{pins['keras']}-py3-none-any.whl" in wheels
+    assert f"keras_tuner-{pins['keras-tuner']}-py3-none-any.whl" in wheels
+    assert [name.split("-")[0] for name in wheels] == ["keras", "keras_tuner", "kt_legacy",
+                                                        "namex", "optree"]
+    assert "-cp312-" in next(name for name in wheels if name.startswith("optree"))
+    assert sorted(os.listdir(tmp_path / "kit" / ".cifar")) == ["cifar10-jpeg.tar.gz",
+                                                               "cifar10_from_jpeg.py"]
+    missing = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60,
+                             env={**env, "SHARED": str(tmp_path / "nowhere")})
+    assert missing.returncode == 2 and "pass SHARED=" in missing.stderr
