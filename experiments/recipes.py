@@ -6,11 +6,13 @@ augmentation and reported number. Sources are tagged as in the reference:
 import math
 
 from data.mixing import Mixer
+from data.noise import Noise
 from data.normalize import Channel, PerImage, PerPixel, PerPixelMean, Scale
 from training.optimizer_specs import SGD, Adagrad, Adam, RMSprop
 from training.recipe import Recipe
 from training.schedules import (Constant, Cosine, Exponential, KthStep, OneCycle, Plateau, Step,
                                 StepIterations)
+from training.transfer import Transfer
 
 EXPERIMENTS = {}
 GROUPS = {}
@@ -132,7 +134,7 @@ CUTOUT_NOTE = ("Cutout as the notebook cuts: its bottom = top + 16 is computed b
                "is clipped to 0, so squares at an edge are smaller (mean side 14.5); "
                "--set augment.2.shrink_at_edge=false keeps every square 16x16.")
 NOISY = dict(RESNET_004, model="kth_resnet_c", augment=SHIFT_FLIP + [CUTOUT], epochs=50)
-experiment(name="noisy_labels", **NOISY, noise={"kind": "symmetric", "rate": 0.05},
+experiment(name="noisy_labels", **NOISY, noise=Noise(kind="symmetric", rate=0.05),
            paper_source="[C] ResNet_Jan.ipynb flip_label('sym', 0.05); the paper gives no number",
            notes="ResNet-C with Cutout after shift + flip; 5% of the training labels flipped "
                  "to another class uniformly, seeded (the code used no seed). Test labels "
@@ -143,7 +145,7 @@ NOISE_SWEEP = [("symmetric", 0.0), ("symmetric", 0.2), ("symmetric", 0.4), ("sym
                ("symmetric", 0.8), ("asymmetric", 0.4)]
 for _kind, _rate in NOISE_SWEEP:
     experiment(name=f"noisy_labels_{_kind}{round(_rate * 100)}", **NOISY,
-               noise={"kind": _kind, "rate": _rate},
+               noise=Noise(kind=_kind, rate=_rate),
                paper_source="beyond the paper: the noise sweep",
                notes=f"noisy_labels (50 epochs) with {_kind} noise at rate {_rate}.")
 
@@ -151,8 +153,7 @@ experiment(name="resnet_cifar100_transfer", model="kth_resnet_b",
            model_args={"stages": [3, 3, 3], "widths": [64, 128, 256]},
            **{**RESNET_004, "paper": "suite", "dataset": "cifar100", "epochs": 30,
               "optimizer": keras_sgd(0.01), "schedule": Step(boundaries=[20], factor=0.1)},
-           transfer={"source": "resnet_deep", "run": None, "head_epochs": 5,
-                     "head_learning_rate": 0.1},
+           transfer=Transfer(source="resnet_deep", head_epochs=5, head_learning_rate=0.1),
            paper_source="beyond the papers; compare resnet_cifar100 (71.39% from scratch, [P])",
            notes="Starts from a finished resnet_deep run (its best.keras; --set transfer.run=RUN_ID "
                  "or a path), replaces the 10-way head by a 100-way Dense, trains the head "
