@@ -23,6 +23,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from experiments.recipes import EXPERIMENTS, GROUPS  # noqa: E402
+from experiments.searches import SEARCHES  # noqa: E402
 from training import record  # noqa: E402
 from training.recipe import normalised_recipe, training_fields  # noqa: E402
 
@@ -344,9 +345,9 @@ def _short(value):
     return str(value)
 
 
-def search_details(search):
+def search_details(search, summary=()):
     """A search's own subsection: its cost, the best configuration against the base
-    recipe, and every trial."""
+    recipe, the full training of it beside the base (rows of `summary`), and every trial."""
     import json
 
     trials = search["trials"]
@@ -375,6 +376,7 @@ def search_details(search):
             continue
         base = _short(_base_value(recipe, key)) if recipe else "-"
         lines.append(f"| {key} | {base} | {_short(json.loads(text))} |")
+    lines += _retrained_lines(search, summary)
     names = sorted({k for t in trained for k in t["hyperparameters"] if not k.startswith("tuner/")})
     lines += ["", "Trials, best first (a Hyperband trial's score is after its own epochs):", "",
               "| trial | " + " | ".join(names) + " | validation % | epochs | seconds |",
@@ -386,6 +388,34 @@ def search_details(search):
     figures = [f"search_{search['search']}_best_so_far.png"] + [
         f"search_{search['search']}_{n}.png" for n in names]
     lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures) + ".", ""]
+    return lines
+
+
+def _retrained_lines(search, summary):
+    """The experiment that trains the best trial in full, beside the base recipe's full
+    runs: both scored on the test set, which no trial saw."""
+    definition = SEARCHES.get(search["search"])
+    retrained = definition.retrained if definition else None
+    if retrained is None:
+        return []
+    rows = [row for row in summary if row["kind"] == "full"
+            and row["experiment"] in (search["base"], retrained)]
+    if not any(row["experiment"] == retrained for row in rows):
+        return ["", f"Trained in full as `{retrained}`: no finished run yet "
+                    f"(`python experiments/run.py {retrained}`)."]
+    lines = ["", f"Trained in full as `{retrained}` (the test set scored once, at the end), "
+                 f"beside the base recipe; *best* is the epoch chosen on the validation set, "
+                 f"which for the base is the test set:", "",
+             "| experiment | n | data | epochs | final test % | best test % | val = test "
+             "| paper % |", "|---|---:|---|---|---:|---:|---|---:|"]
+    for row in rows:
+        paper = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
+        lines.append(
+            f"| {row['experiment']} | {row['n']} | {DATA_NAMES.get(row['data'], row['data'])} | "
+            f"{row['epochs_run']} / {row['recipe_epochs']} | "
+            f"{_format(row['final_test_accuracy'], row['final_test_std'], row['n'])} | "
+            f"{_format(row['best_test_accuracy'], row['best_test_std'], row['n'])} | "
+            f"{'yes' if row['validation_is_test'] else 'no'} | {paper} |")
     return lines
 
 
@@ -454,7 +484,7 @@ def _paper_section(paper, rows):
     return lines + [""]
 
 
-def _searches_section(searches):
+def _searches_section(searches, summary=()):
     lines = ["## Searches (KerasTuner)", "", SEARCHES_INTRO, "",
              "| search | tuner | epochs a trial | trials trained | over budget | failed | best % "
              "| its parameters | train it in full |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
@@ -474,7 +504,7 @@ def _searches_section(searches):
                f"`{search.get('best_command') or '-'}` |" if best else "- | - | - |"))
     lines.append("")
     for search in searches:
-        lines += search_details(search)
+        lines += search_details(search, summary)
     return lines
 
 
@@ -489,7 +519,7 @@ def results_markdown(summary, problems, searches=(), parity=()):
     if noise:
         lines += ["## Label noise (paper 004's ResNet-C)", "", NOISE_INTRO, "", noise, ""]
     if searches:
-        lines += _searches_section(searches)
+        lines += _searches_section(searches, summary)
     if parity:
         lines += ["## Parity with the authors' training loops", "", PARITY_INTRO, "",
                   parity_table(parity), ""]

@@ -30,6 +30,7 @@ class Search:
     subset: tuple = SELECTION  # edits every trial gets: the selection split and subset
     tuner: str = "random"  # tune.py's default oracle for this search
     epochs: int = None  # tune.py's default epochs per trial (hyperband: the most); None: the base's
+    retrained: str = None  # the experiment that trains the best trial's recipe in full, if any
 
 
 def _set(key, value):
@@ -112,5 +113,5 @@ SEARCHES = {search.name: search for search in (
     # that lead get nine; a Bayesian search would pay nine epochs for every one.
     Search("cnn_regularization", "cnn_regularized", cnn_regularization, None,
            "paper 004's hand-tuned VGG CNN: dropout, L2, augmentation, learning rate, batch",
-           tuner="hyperband", epochs=9),
+           tuner="hyperband", epochs=9, retrained="cnn_searched"),
 )}

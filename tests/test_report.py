@@ -374,6 +374,37 @@ def test_runs_are_averaged_only_with_runs_of_the_same_setting(tmp_path):
     assert chosen.precision == "fp32" and mean_percent(loaded, chosen, "best_test_accuracy") == pytest.approx(71.0)
 
 
+def test_a_search_section_sets_its_full_training_beside_the_base_recipe(tmp_path):
+    """cnn_regularization's best trial trained in full (cnn_searched, selected on held-out
+    images) sits beside cnn_regularized's full run and the paper's number; a quick run
+    of it is no full training, and a search with no such experiment gets no table."""
+    from experiments import report
+
+    runs = str(tmp_path / "runs")
+    write_record(runs, "cnn_regularized", "seed0", 0.80, 0.79, data="jpeg_rebuild")
+    write_record(runs, "cnn_searched", "seed9", 0.30, 0.30, quick=True)
+    trial = {"trial_id": "19", "status": "completed", "score": 0.67, "epochs": 9, "seconds": 400.0,
+             "hyperparameters": {"batch_size": 64}, "edits": ["batch_size=64", "epochs=9"]}
+    search = {"search": "cnn_regularization", "base": "cnn_regularized", "trials": [trial]}
+
+    def section(search):
+        loaded, problems = report.load_runs(runs)
+        assert not problems
+        return "\n".join(report.search_details(search, report.summarise(loaded)))
+
+    assert "Trained in full as `cnn_searched`: no finished run yet " \
+           "(`python experiments/run.py cnn_searched`)." in section(search)
+    folder = write_record(runs, "cnn_searched", "seed0", 0.85, 0.84, data="jpeg_rebuild")
+    path = os.path.join(folder, "metrics.json")
+    record.write_json(path, {**record.read_json(path), "validation_is_test": False})
+    text = section(search)
+    rows = [line for line in text.splitlines() if line.startswith("| cnn_")]
+    assert rows == ["| cnn_regularized | 1 | JPEG rebuild | 100 / 100 | 79.00 | 80.00 | yes | 84.00 |",
+                    "| cnn_searched | 1 | JPEG rebuild | 100 / 100 | 84.00 | 85.00 | no | - |"]
+    assert "Trained in full" not in section({**search, "search": "resnet_budget",
+                                             "base": "resnet5m_row6"})
+
+
 def test_report_names_the_data_and_refuses_unfinished_records(tmp_path):
     """Rows say which images trained; a gap beyond the seed spread plus the JPEG
     rebuild's allowance is marked; a record short of its own recipe's epochs, or
