@@ -403,7 +403,7 @@ def _retrained_lines(search, summary):
     if not any(row["experiment"] == retrained for row in rows):
         return ["", f"Trained in full as `{retrained}`: no finished run yet "
                     f"(`python experiments/run.py {retrained}`)."]
-    lines = ["", f"Trained in full as `{retrained}` (the test set scored once, at the end), "
+    lines = ["", f"Trained in full as `{retrained}` (the test set scored only at its end), "
                  f"beside the base recipe; *best* is the epoch chosen on the validation set, "
                  f"which for the base is the test set:", "",
              "| experiment | n | data | epochs | final test % | best test % | val = test "
