@@ -178,6 +178,10 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def _paper_percent(row):
+    return f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
+
+
 def _format(mean, std, n):
     if mean is None:
         return "-"
@@ -409,13 +413,12 @@ def _retrained_lines(search, summary):
              "| experiment | n | data | epochs | final test % | best test % | val = test "
              "| paper % |", "|---|---:|---|---|---:|---:|---|---:|"]
     for row in rows:
-        paper = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
         lines.append(
             f"| {row['experiment']} | {row['n']} | {DATA_NAMES.get(row['data'], row['data'])} | "
             f"{row['epochs_run']} / {row['recipe_epochs']} | "
             f"{_format(row['final_test_accuracy'], row['final_test_std'], row['n'])} | "
             f"{_format(row['best_test_accuracy'], row['best_test_std'], row['n'])} | "
-            f"{'yes' if row['validation_is_test'] else 'no'} | {paper} |")
+            f"{'yes' if row['validation_is_test'] else 'no'} | {_paper_percent(row)} |")
     return lines
 
 
@@ -467,7 +470,6 @@ def _paper_section(paper, rows):
         kind = "**full**" if row["kind"] == "full" else row["kind"]
         kind += f" ({row['precision']})" if row["precision"] != "fp32" else ""
         params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-"
-        paper_value = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
         gap = f"{row['gap']:+.2f}" if row["gap"] is not None else "-"
         gap += " †" if row["beyond_allowance"] else ""
         lines.append(
@@ -478,7 +480,7 @@ def _paper_section(paper, rows):
             f"{_format(row['best_test_accuracy'], row['best_test_std'], row['n'])} | "
             f"{'yes' if row['validation_is_test'] else 'no'} | "
             f"{_format(row['compared'], row['compared_std'], row['n'])} ({row['measure']}) | "
-            f"{paper_value} | "
+            f"{_paper_percent(row)} | "
             f"{row['paper_source'] or '-'} | {gap} | {row['wall_hours']:.2f} | "
             f"{row['hardware']} | {row['backend']} |")
     return lines + [""]
@@ -574,13 +576,12 @@ def readme_table(summary):
     for row in summary:
         if row["kind"] == "quick":
             continue
-        paper = f"{row['paper_accuracy']:.2f}" if row["paper_accuracy"] is not None else "-"
         # "short" with the training subset it ran on, if any (the epochs have their column)
         kind = "full" if row["kind"] == "full" else row["kind"].split(":")[0]
         kind += f", {row['train_images']:,} training images" if row.get("train_images") else ""
         kind += f" ({row['precision']})" if row["precision"] != "fp32" else ""
         lines.append(
-            f"| {row['experiment']} | {paper} | "
+            f"| {row['experiment']} | {_paper_percent(row)} | "
             f"{_format(row['compared'], row['compared_std'], row['n'])} ({row['measure']}) | "
             f"{_format(row['final_test_accuracy'], row['final_test_std'], row['n'])} | "
             f"{row['n']} | {DATA_NAMES.get(row['data'], row['data'])} | "
